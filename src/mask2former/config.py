@@ -1,0 +1,212 @@
+"""Model configs: dataclasses that read and write the Hugging Face ``config.json``.
+
+Field names and defaults are those of ``transformers`` (``Mask2FormerConfig``, ``SwinConfig``) so that the released
+checkpoints' files load unchanged and the files we write load in ``transformers``. Keys we do not model are kept in
+``extra`` and written back, so a read/write round trip loses nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_NAME = "config.json"
+
+# Backbone model types whose config.json we read as a Swin config. "maskformer-swin" is what the MaskFormer
+# checkpoints (and some converted Mask2Former ones) declare; the architecture is the same.
+SWIN_MODEL_TYPES = ("swin", "maskformer-swin")
+
+# Keys that transformers derives or writes for bookkeeping; we recompute them on write and never need them on read.
+_DERIVED_KEYS = {"num_layers", "hidden_size", "stage_names", "out_indices", "num_labels", "transformers_version"}
+
+
+@dataclass
+class SwinConfig:
+    """Swin Transformer backbone config (``transformers.SwinConfig`` fields and defaults)."""
+
+    image_size: int = 224
+    patch_size: int = 4
+    num_channels: int = 3
+    embed_dim: int = 96
+    depths: list[int] = field(default_factory=lambda: [2, 2, 6, 2])
+    num_heads: list[int] = field(default_factory=lambda: [3, 6, 12, 24])
+    window_size: int = 7
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    drop_path_rate: float = 0.1
+    hidden_act: str = "gelu"
+    use_absolute_embeddings: bool = False
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-5
+    encoder_stride: int = 32
+    out_features: list[str] = field(default_factory=lambda: ["stage1", "stage2", "stage3", "stage4"])
+    model_type: str = "swin"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.model_type not in SWIN_MODEL_TYPES:
+            raise ValueError(f"backbone_config.model_type must be one of {SWIN_MODEL_TYPES}, got {self.model_type!r}")
+        if len(self.depths) != len(self.num_heads):
+            raise ValueError(
+                f"backbone_config.depths and num_heads must have the same length, got {self.depths} and {self.num_heads}"
+            )
+        self.depths = [int(d) for d in self.depths]
+        self.num_heads = [int(h) for h in self.num_heads]
+
+    @property
+    def hidden_size(self) -> int:
+        """Channels of the last stage."""
+        return self.embed_dim * 2 ** (len(self.depths) - 1)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SwinConfig:
+        """Build from a ``backbone_config`` dict as found in ``config.json``."""
+        return _from_dict(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``backbone_config`` dict that ``transformers`` reads."""
+        data = _to_dict(self)
+        stage_names = ["stem"] + [f"stage{i}" for i in range(1, len(self.depths) + 1)]
+        data["num_layers"] = len(self.depths)
+        data["hidden_size"] = self.hidden_size
+        data["stage_names"] = stage_names
+        data["out_indices"] = [stage_names.index(name) for name in self.out_features]
+        return data
+
+
+@dataclass
+class Mask2FormerConfig:
+    """Mask2Former config (``transformers.Mask2FormerConfig`` fields and defaults).
+
+    The default backbone is the one ``transformers`` uses (Swin-S shaped: depths [2, 2, 18, 2], drop path 0.3).
+    ``num_labels`` is the number of classes K without "no object"; it follows ``id2label`` when that is given.
+    """
+
+    backbone_config: SwinConfig = field(
+        default_factory=lambda: SwinConfig(depths=[2, 2, 18, 2], drop_path_rate=0.3)
+    )
+    feature_size: int = 256
+    mask_feature_size: int = 256
+    hidden_dim: int = 256
+    encoder_feedforward_dim: int = 1024
+    activation_function: str = "relu"
+    encoder_layers: int = 6
+    decoder_layers: int = 10
+    num_attention_heads: int = 8
+    dropout: float = 0.0
+    dim_feedforward: int = 2048
+    pre_norm: bool = False
+    enforce_input_projection: bool = False
+    common_stride: int = 4
+    ignore_value: int = 255
+    num_queries: int = 100
+    no_object_weight: float = 0.1
+    class_weight: float = 2.0
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    train_num_points: int = 12544
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+    init_std: float = 0.02
+    init_xavier_std: float = 1.0
+    use_auxiliary_loss: bool = True
+    feature_strides: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
+    output_auxiliary_logits: bool | None = None
+    id2label: dict[int, str] = field(default_factory=dict)
+    num_labels: int | None = None
+    model_type: str = "mask2former"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.model_type != "mask2former":
+            raise ValueError(f"model_type must be 'mask2former', got {self.model_type!r}")
+        if isinstance(self.backbone_config, dict):
+            self.backbone_config = SwinConfig.from_dict(self.backbone_config)
+        self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+        if self.num_labels is None:
+            self.num_labels = len(self.id2label) if self.id2label else 2
+        if not self.id2label:
+            self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        if len(self.id2label) != self.num_labels:
+            raise ValueError(f"num_labels={self.num_labels} does not match id2label with {len(self.id2label)} entries")
+        if self.decoder_layers < 1:
+            raise ValueError(f"decoder_layers must be >= 1 (the initial prediction counts), got {self.decoder_layers}")
+        self.feature_strides = [int(s) for s in self.feature_strides]
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in self.id2label.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Mask2FormerConfig:
+        """Build from the contents of a ``config.json``, tolerating the quirks of the released files."""
+        data = dict(data)
+        model_type = data.get("model_type", "mask2former")
+        if model_type != "mask2former":
+            raise ValueError(f"config.json has model_type {model_type!r}; expected 'mask2former'")
+        # Older files spell enforce_input_projection as enforce_input_proj.
+        if "enforce_input_proj" in data:
+            legacy = data.pop("enforce_input_proj")
+            data.setdefault("enforce_input_projection", legacy)
+        backbone = data.get("backbone_config")
+        if backbone is None:
+            data.pop("backbone_config", None)
+        elif isinstance(backbone, dict):
+            data["backbone_config"] = SwinConfig.from_dict(backbone)
+        id2label = data.get("id2label")
+        if id2label is not None and "num_labels" not in data:
+            data["num_labels"] = len(id2label)
+        return _from_dict(cls, data)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> Mask2FormerConfig:
+        """Read ``config.json`` from a folder (or the file itself)."""
+        path = Path(path)
+        file = path / CONFIG_NAME if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {str(path)!r}: expected a checkpoint folder with a config.json")
+        with open(file, encoding="utf-8") as handle:
+            return cls.from_dict(json.load(handle))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``config.json`` contents that ``transformers.Mask2FormerConfig`` reads back to the same values."""
+        data = _to_dict(self)
+        data["backbone_config"] = self.backbone_config.to_dict()
+        data["id2label"] = {str(i): name for i, name in sorted(self.id2label.items())}
+        data["label2id"] = {name: i for i, name in sorted(self.id2label.items())}
+        data.pop("num_labels")
+        return data
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` into ``directory`` (created if needed); returns the file's path."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        file = directory / CONFIG_NAME
+        with open(file, "w", encoding="utf-8") as handle:
+            json.dump(self.to_dict(), handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        return file
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+    known = {k: v for k, v in data.items() if k in names}
+    extra = {k: v for k, v in data.items() if k not in names and k not in _DERIVED_KEYS and k != "label2id"}
+    return cls(**known, extra=extra)
+
+
+def _to_dict(config: Any) -> dict[str, Any]:
+    data = dict(config.extra)
+    for f in dataclasses.fields(config):
+        if f.name != "extra":
+            data[f.name] = getattr(config, f.name)
+    return data
+
+
+__all__ = ["Mask2FormerConfig", "SwinConfig", "CONFIG_NAME"]

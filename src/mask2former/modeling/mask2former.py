@@ -1,0 +1,192 @@
+"""Mask2Former: backbone -> pixel decoder -> masked-attention transformer decoder -> class and mask per query.
+
+``Mask2FormerModel`` is the network without the class head; ``Mask2FormerForUniversalSegmentation`` adds it and is
+what the released checkpoints hold. Both keep the public names of ``transformers`` (``pixel_values``,
+``class_queries_logits``, ``masks_queries_logits``, ``auxiliary_logits``) so switching is one import line.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..config import Mask2FormerConfig
+from .outputs import Mask2FormerForUniversalSegmentationOutput, Mask2FormerModelOutput
+
+
+class Mask2FormerModel(nn.Module):
+    """The Mask2Former network without the class head.
+
+    Args:
+        backbone: image (B, 3, H, W) -> 4 maps at strides 4..32; declares ``feature_info``.
+        pixel_decoder: maps -> (mask features, multi-scale features).
+        transformer_decoder: queries -> per-prediction hidden states and mask logits.
+        config: the config the parts were built from; kept for ``save_pretrained``.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        pixel_decoder: nn.Module,
+        transformer_decoder: nn.Module,
+        config: Mask2FormerConfig | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.pixel_decoder = pixel_decoder
+        self.transformer_decoder = transformer_decoder
+        self.config = config
+
+    @classmethod
+    def from_config(cls, config: Mask2FormerConfig, **kwargs: Any) -> Mask2FormerModel:
+        """A randomly initialized model of this architecture."""
+        from .build import build_mask2former_parts
+
+        return cls(**build_mask2former_parts(config), config=config, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str | os.PathLike, **kwargs: Any) -> Mask2FormerModel:
+        """Load a checkpoint in the Hugging Face layout; see :func:`mask2former.checkpoints.hf.load_pretrained`."""
+        from ..checkpoints.hf import load_pretrained
+
+        return load_pretrained(cls, path_or_hub_id, **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` and ``model.safetensors`` in the layout ``transformers`` loads."""
+        from ..checkpoints.hf import save_pretrained
+
+        save_pretrained(self, directory)
+
+    def _check_inputs(self, pixel_values: Tensor, pixel_mask: Tensor | None) -> None:
+        if not isinstance(pixel_values, Tensor):
+            raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
+        if pixel_values.dim() != 4:
+            raise ValueError(f"pixel_values must have shape (B, C, H, W), got {tuple(pixel_values.shape)}")
+        channels = self.backbone.in_channels
+        if pixel_values.shape[1] != channels:
+            raise ValueError(
+                f"pixel_values must have {channels} channels (B, {channels}, H, W), got {tuple(pixel_values.shape)}"
+            )
+        if not pixel_values.is_floating_point():
+            raise ValueError(
+                f"pixel_values must be a floating-point tensor (normalized image), got dtype {pixel_values.dtype}"
+            )
+        if pixel_mask is not None:
+            expected = (pixel_values.shape[0], *pixel_values.shape[2:])
+            if tuple(pixel_mask.shape) != expected:
+                raise ValueError(f"pixel_mask must have shape {expected} (B, H, W), got {tuple(pixel_mask.shape)}")
+
+    def forward(
+        self,
+        pixel_values: Tensor,
+        pixel_mask: Tensor | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> Mask2FormerModelOutput:
+        """Run the network.
+
+        Args:
+            pixel_values: (B, 3, H, W) normalized images.
+            pixel_mask: (B, H, W), 1 on real pixels, 0 on padding. Accepted for compatibility and, as in the original
+                code and ``transformers``, not used: the released checkpoints were trained that way.
+            output_hidden_states: also return the backbone maps, the pixel decoder maps and the decoder states.
+        """
+        self._check_inputs(pixel_values, pixel_mask)
+        features = self.backbone(pixel_values)
+        mask_features, multi_scale_features = self.pixel_decoder(features)
+        predictions = self.transformer_decoder(multi_scale_features, mask_features)
+        hidden = bool(output_hidden_states)
+        return Mask2FormerModelOutput(
+            encoder_last_hidden_state=features[-1],
+            pixel_decoder_last_hidden_state=mask_features,
+            transformer_decoder_last_hidden_state=predictions.last_hidden_state,
+            masks_queries_logits=tuple(predictions.masks_queries_logits),
+            transformer_decoder_intermediate_states=tuple(predictions.hidden_states),
+            encoder_hidden_states=tuple(features) if hidden else None,
+            pixel_decoder_hidden_states=tuple(multi_scale_features) if hidden else None,
+            transformer_decoder_hidden_states=tuple(predictions.layer_inputs) if hidden else None,
+        )
+
+
+class Mask2FormerForUniversalSegmentation(Mask2FormerModel):
+    """Mask2Former with its class head: per query a class over K + 1 ("no object" last) and a mask.
+
+    Args:
+        num_labels: K, the number of classes without "no object".
+        hidden_dim: width of the decoder queries the class head reads.
+        (the others as in :class:`Mask2FormerModel`)
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        pixel_decoder: nn.Module,
+        transformer_decoder: nn.Module,
+        num_labels: int,
+        hidden_dim: int = 256,
+        config: Mask2FormerConfig | None = None,
+    ) -> None:
+        super().__init__(
+            backbone=backbone, pixel_decoder=pixel_decoder, transformer_decoder=transformer_decoder, config=config
+        )
+        self.class_head = nn.Linear(hidden_dim, num_labels + 1)
+
+    @classmethod
+    def from_config(cls, config: Mask2FormerConfig, **kwargs: Any) -> Mask2FormerForUniversalSegmentation:
+        """A randomly initialized model of this architecture."""
+        return super().from_config(config, num_labels=config.num_labels, hidden_dim=config.hidden_dim, **kwargs)
+
+    def forward(
+        self,
+        pixel_values: Tensor,
+        pixel_mask: Tensor | None = None,
+        mask_labels: list[Tensor] | None = None,
+        class_labels: list[Tensor] | None = None,
+        output_auxiliary_logits: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> Mask2FormerForUniversalSegmentationOutput:
+        """Predict a class and a mask per query.
+
+        Args:
+            pixel_values: (B, 3, H, W) normalized images.
+            pixel_mask: (B, H, W); accepted and not used (see :meth:`Mask2FormerModel.forward`).
+            mask_labels, class_labels: training targets; the loss is not implemented yet.
+            output_auxiliary_logits: also return the predictions of the earlier layers (default: the config's
+                ``output_auxiliary_logits``, else False).
+            output_hidden_states: also return the hidden states.
+
+        Returns:
+            :class:`Mask2FormerForUniversalSegmentationOutput` with ``class_queries_logits`` (B, Q, K + 1) and
+            ``masks_queries_logits`` (B, Q, H/4, W/4).
+        """
+        if mask_labels is not None or class_labels is not None:
+            raise NotImplementedError(
+                "training targets (mask_labels, class_labels) were given, but the Mask2Former loss is not implemented "
+                "yet; call the model without them for inference"
+            )
+        outputs = super().forward(pixel_values, pixel_mask, output_hidden_states)
+        states = torch.stack(outputs.transformer_decoder_intermediate_states)  # (T, B, Q, C), T predictions
+        class_logits = self.class_head(states)  # (T, B, Q, K + 1)
+        if output_auxiliary_logits is None and self.config is not None:
+            output_auxiliary_logits = self.config.output_auxiliary_logits
+        auxiliary = None
+        if output_auxiliary_logits:
+            auxiliary = [
+                {"class_queries_logits": classes, "masks_queries_logits": masks}
+                for classes, masks in zip(class_logits[:-1], outputs.masks_queries_logits[:-1])
+            ]
+        return Mask2FormerForUniversalSegmentationOutput(
+            class_queries_logits=class_logits[-1],
+            masks_queries_logits=outputs.masks_queries_logits[-1],
+            auxiliary_logits=auxiliary,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            pixel_decoder_last_hidden_state=outputs.pixel_decoder_last_hidden_state,
+            transformer_decoder_last_hidden_state=outputs.transformer_decoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            pixel_decoder_hidden_states=outputs.pixel_decoder_hidden_states,
+            transformer_decoder_hidden_states=outputs.transformer_decoder_hidden_states,
+        )

@@ -1,0 +1,65 @@
+"""Shared test helpers: tiny configs and checkpoints written by ``transformers`` (the reference)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY_SWIN = dict(embed_dim=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], window_size=7)
+TINY_MASK2FORMER = dict(
+    feature_size=32,
+    mask_feature_size=32,
+    hidden_dim=32,
+    encoder_feedforward_dim=64,
+    dim_feedforward=64,
+    encoder_layers=2,
+    decoder_layers=4,
+    num_attention_heads=4,
+    num_queries=10,
+)
+
+
+def randomize_(module: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> None:
+    """Add noise to every parameter, so zero-initialized biases and unit LayerNorms also get tested."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
+
+
+def make_transformers_checkpoint(
+    directory: Path,
+    *,
+    swin: dict | None = None,
+    num_labels: int = 5,
+    seed: int = 0,
+    **mask2former: object,
+):
+    """Build a random ``transformers`` Mask2Former, save it to ``directory`` and return it (eval mode)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    backbone = transformers.SwinConfig(
+        **(swin if swin is not None else TINY_SWIN), out_features=["stage1", "stage2", "stage3", "stage4"]
+    )
+    options = dict(TINY_MASK2FORMER) if swin is None else {}
+    options.update(mask2former)
+    config = transformers.Mask2FormerConfig(
+        backbone_config=backbone,
+        id2label={i: f"class_{i}" for i in range(num_labels)},
+        **options,
+    )
+    model = transformers.Mask2FormerForUniversalSegmentation(config).eval()
+    randomize_(model, seed)
+    model.save_pretrained(directory)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> tuple[Path, object]:
+    """A tiny transformers checkpoint folder and the transformers model it holds."""
+    directory = tmp_path_factory.mktemp("tiny")
+    model = make_transformers_checkpoint(directory)
+    return directory, model
