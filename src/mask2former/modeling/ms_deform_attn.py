@@ -1,8 +1,15 @@
 """Multi-scale deformable attention (Deformable DETR), the attention of the Mask2Former pixel decoder.
 
 Each query predicts, per head, level and point, a 2D offset from its reference point and an attention weight; the
-output is the weighted sum of the value maps bilinearly sampled at those locations. The sampling is the pure-PyTorch
-reference of the original code (``ms_deform_attn_core_pytorch``): one ``grid_sample`` per level.
+output is the weighted sum of the value maps bilinearly sampled at those locations.
+
+Two implementations compute the same thing:
+- ``multi_scale_deformable_attention``: the readable reference of the original code (``ms_deform_attn_core_pytorch``),
+  one ``grid_sample`` per level, then a weighted sum.
+- ``multi_scale_deformable_attention_gather``: the fast path. Bilinear sampling with zero padding is a weighted sum of
+  the four neighbouring pixels, so the whole operation is, for every (query, head), one weighted sum of
+  L * P * 4 rows of the value table; ``F.embedding_bag`` with per-sample weights does exactly that in one fused
+  kernel, with no (Q, L * P) intermediate of sampled values and with autograd for values and weights.
 
 Shape letters: B batch, Q queries, S flattened positions over all levels (sum of H_l * W_l), M heads, D channels per
 head, L levels, P points per level.
@@ -53,6 +60,62 @@ def multi_scale_deformable_attention(
     return output.view(batch_size, num_heads * head_dim, num_queries).transpose(1, 2)  # (B, Q, M*D)
 
 
+def multi_scale_deformable_attention_gather(
+    value: Tensor,
+    spatial_shapes: list[tuple[int, int]],
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
+    """Same contract as :func:`multi_scale_deformable_attention`, computed as one ``embedding_bag``.
+
+    ``grid_sample`` with ``align_corners=False`` reads location x in [0, 1] at pixel coordinate ``x * W - 0.5``; the
+    four neighbours get the bilinear weights and those outside the map get weight 0 (zero padding).
+    """
+    batch_size, num_values, num_heads, head_dim = value.shape
+    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
+    device, dtype = value.device, sampling_locations.dtype
+    level_view = (1, 1, 1, num_levels, 1, 1)  # broadcasts a per-level value over (B, Q, M, L, P, 2)
+    widths = torch.tensor([width for _, width in spatial_shapes], device=device, dtype=dtype).view(level_view)
+    heights = torch.tensor([height for height, _ in spatial_shapes], device=device, dtype=dtype).view(level_view)
+    starts = [0]
+    for height, width in spatial_shapes[:-1]:
+        starts.append(starts[-1] + height * width)
+    index_dtype = torch.int32 if batch_size * num_heads * num_values < 2**31 else torch.int64
+    first_rows = (
+        torch.arange(batch_size * num_heads, device=device, dtype=index_dtype).view(batch_size, 1, num_heads, 1, 1)
+        * num_values
+        + torch.tensor(starts, device=device, dtype=index_dtype).view(1, 1, 1, num_levels, 1)
+    )  # (B, 1, M, L, 1): row of each (image, head, level)'s first pixel in the table
+
+    def neighbours(coordinate: Tensor, size: Tensor) -> tuple[Tensor, Tensor]:
+        """Pixel indices (clamped into the map) and bilinear weights (0 outside) of the 2 neighbours on one axis."""
+        pixel = coordinate[..., None] * size - 0.5  # (B, Q, M, L, P, 1)
+        low = pixel.floor()
+        high_weight = pixel - low
+        index = torch.cat((low, low + 1), dim=-1)  # (B, Q, M, L, P, 2)
+        weight = torch.cat((1 - high_weight, high_weight), dim=-1) * ((index >= 0) & (index <= size - 1))
+        return torch.minimum(index.clamp(min=0), size - 1), weight
+
+    x_index, x_weight = neighbours(sampling_locations[..., 0], widths)
+    y_index, y_weight = neighbours(sampling_locations[..., 1], heights)
+    # Pixel index y * W + x of the 4 neighbours, exact in floating point for any map below 2**24 pixels.
+    in_level = (y_index * widths)[..., :, None] + x_index[..., None, :]  # (B, Q, M, L, P, 2, 2)
+    rows = first_rows[..., None, None] + in_level.to(index_dtype)  # (B, Q, M, L, P, 2, 2)
+    weights = y_weight[..., :, None] * x_weight[..., None, :] * attention_weights[..., None, None]  # (B, Q, M, L, P, 2, 2)
+    table = value.permute(0, 2, 1, 3).reshape(batch_size * num_heads * num_values, head_dim)  # (B*M*S, D)
+    bag_size = num_levels * num_points * 4
+    output = F.embedding_bag(
+        rows.reshape(-1, bag_size),  # (B*Q*M, L*P*4)
+        table,
+        per_sample_weights=weights.reshape(-1, bag_size).to(table.dtype),
+        mode="sum",
+    )  # (B*Q*M, D)
+    return output.view(batch_size, num_queries, num_heads * head_dim)
+
+
+IMPLEMENTATIONS = {"grid_sample": multi_scale_deformable_attention, "gather": multi_scale_deformable_attention_gather}
+
+
 class MultiScaleDeformableAttention(nn.Module):
     """Deformable attention over L feature levels with P sampling points per level and head.
 
@@ -61,10 +124,23 @@ class MultiScaleDeformableAttention(nn.Module):
         num_heads: attention heads M; C must be divisible by M.
         num_levels: feature levels L.
         num_points: sampling points P per level and head.
+        implementation: "gather" (fast, ``embedding_bag``) or "grid_sample" (the original's reference); both are
+            tested to agree.
     """
 
-    def __init__(self, *, embed_dim: int = 256, num_heads: int = 8, num_levels: int = 3, num_points: int = 4) -> None:
+    def __init__(
+        self,
+        *,
+        embed_dim: int = 256,
+        num_heads: int = 8,
+        num_levels: int = 3,
+        num_points: int = 4,
+        implementation: str = "gather",
+    ) -> None:
         super().__init__()
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {sorted(IMPLEMENTATIONS)}, got {implementation!r}")
+        self.implementation = implementation
         if embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
         self.num_heads = num_heads
@@ -131,5 +207,5 @@ class MultiScaleDeformableAttention(nn.Module):
             [[width, height] for height, width in spatial_shapes], dtype=query.dtype, device=query.device
         )  # (L, 2)
         locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        output = multi_scale_deformable_attention(value, spatial_shapes, locations, weights)
+        output = IMPLEMENTATIONS[self.implementation](value, spatial_shapes, locations, weights)
         return self.output_proj(output)
