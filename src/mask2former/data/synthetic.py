@@ -162,14 +162,20 @@ def write_synthetic_dataset(
     """Write ``num_images`` scenes as a COCO panoptic dataset and return the JSON's path.
 
     Layout: ``out/images/NNNNNN.png``, ``out/panoptic/NNNNNN.png`` (segment ids as RGB) and ``out/panoptic.json``
-    (``images``, ``annotations`` with ``segments_info``, ``categories`` with ``isthing`` and ``color``).
+    (``images``, ``annotations`` with ``segments_info``, ``categories`` with ``isthing`` and ``color``); the same
+    ground truth as COCO instances (``out/instances.json``, the things as RLE) and as an ADE20K-style semantic
+    folder (``out/semantic/NNNNNN.png`` with value = contiguous class + 1, 0 unused, and ``out/categories.json``).
     """
+    from pycocotools import mask as mask_utils
+
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "panoptic").mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
+    (out / "semantic").mkdir(parents=True, exist_ok=True)
+    contiguous = {c["id"]: index for index, c in enumerate(CATEGORIES)}
+    images, annotations, instances = [], [], []
     indices = range(num_images)
     if progress:
         from tqdm.auto import tqdm
@@ -182,8 +188,26 @@ def write_synthetic_dataset(
         Image.fromarray(id_to_rgb(scene.segment_ids)).save(out / "panoptic" / name)
         images.append({"id": index, "file_name": name, "height": height, "width": width})
         annotations.append({"image_id": index, "file_name": name, "segments_info": scene.segments})
-    document = {"images": images, "annotations": annotations, "categories": CATEGORIES}
+        semantic = np.zeros((height, width), np.uint8)
+        for segment in scene.segments:
+            region = scene.segment_ids == segment["id"]
+            semantic[region] = contiguous[segment["category_id"]] + 1
+            if segment["category_id"] in THING_IDS:
+                rle = mask_utils.encode(np.asfortranarray(region.astype(np.uint8)))
+                rle["counts"] = rle["counts"].decode("ascii")
+                instances.append(
+                    {"id": len(instances) + 1, "image_id": index, "category_id": segment["category_id"],
+                     "segmentation": rle, "area": segment["area"], "bbox": segment["bbox"], "iscrowd": 0}
+                )
+        Image.fromarray(semantic).save(out / "semantic" / name)
+    _write_json(out / "instances.json", {"images": images, "annotations": instances, "categories": CATEGORIES})
+    categories = [{"id": contiguous[c["id"]], "name": c["name"], "isthing": c["isthing"], "color": c["color"]} for c in CATEGORIES]
+    _write_json(out / "categories.json", {"name": "synthetic", "categories": categories})
     path = out / "panoptic.json"
+    _write_json(path, {"images": images, "annotations": annotations, "categories": CATEGORIES})
+    return path
+
+
+def _write_json(path: Path, document: dict) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(document, handle)
-    return path
