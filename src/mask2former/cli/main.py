@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import demo, make_synthetic
+from . import demo, evaluate, make_synthetic, predict
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo.add_parser(subcommands)
     make_synthetic.add_parser(subcommands)
+    predict.add_parser(subcommands)
+    evaluate.add_parser(subcommands)
     return parser
 
 

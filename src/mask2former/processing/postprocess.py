@@ -1,0 +1,1004 @@
+"""Post-processing: model outputs -> semantic, instance and panoptic segmentations.
+
+Pure functions over the two prediction tensors, with the names, arguments, defaults and outputs of the
+``transformers`` ``Mask2FormerImageProcessor.post_process_*_segmentation`` methods, following the inference of the
+original code (``semantic_inference``, ``instance_inference`` and ``panoptic_inference`` in ``maskformer_model.py``):
+
+- semantic: class probabilities without "no object" times mask probabilities, summed over queries, argmax.
+- instance: the top-Q (query, class) pairs; a mask is the pixels above ``mask_threshold``; the score is the class
+  probability times the mean mask probability inside the mask.
+- panoptic: queries whose best class is not "no object" and scores above ``threshold``; each pixel goes to the query
+  with the highest score x mask probability; a segment survives if enough of its own mask is left.
+
+Where the masks are evaluated. ``transformers`` first resizes every mask to a hard-coded 384x384 (the input size of
+the released checkpoints) and resizes from there to ``target_sizes``. ``mask_size=(384, 384)``, the default, does
+the same, so that results are identical to ``transformers``; ``mask_size=None`` resizes the mask logits once,
+straight to the output size, and binarizes and mixes them there, as the original code does (the original goes through
+the padded input size first, two bilinear steps where we take one). ``input_sizes`` (each image's size inside the
+padded ``pixel_values``) crops the padding before resizing to the output size, as the original does;
+``transformers`` never crops. Output size: ``target_sizes[i]``, else ``input_sizes[i]``, else the mask frame
+(``mask_size``, or the mask logits' own size when ``mask_size`` is None).
+
+Speed: exact shortcuts. The answers are ``transformers``' (the same labels, up to float rounding at exact ties)
+without resizing every query to 384x384 and every class or query map to the target size:
+
+- Only queries that can pass ``threshold`` are looked at (instance: class probability >= threshold, as the mask
+  score is at most 1; panoptic: the kept queries).
+- Bilinear weights are convex. So (1) on the frame pixels of a mask-logit *cell* (the 2x2 logits a tap reads) a
+  query's probability lies between the sigmoids of the cell's smallest and largest logit, which bounds every score
+  there (semantic: class scores; panoptic: score x probability); where one label's lower bound beats every other
+  upper bound, it wins the whole cell. (2) When the four frame pixels around an output pixel share a label, that
+  label wins the output pixel. Only the rest (near boundaries) is evaluated exactly, pixel by pixel, with the same
+  formulas. Semantic "no object" queries are only bounded (their total contribution per cell) unless that bound
+  could change the answer; panoptic own areas are bounded by counting cells, and counted exactly (densely, as
+  ``transformers`` does) only for the segments whose overlap test the bounds leave open.
+- When more than ``_SPARSE_LIMIT`` of the pixels would need exact evaluation (noise-like masks), the dense
+  computation runs instead. Tests force each path and check both against ``transformers``.
+
+``transformers`` quirks and what we do:
+
+1. Masks resized to 384x384 first: kept as the default ``mask_size`` (identical results); ``mask_size=None`` is the
+   original's full-resolution path.
+2. Padding not cropped: kept by default; ``input_sizes`` crops it.
+3. Instance post-processing ignores ``mask_threshold`` (masks are ``logit > 0``, i.e. probability > 0.5, as in the
+   original) and ``overlap_mask_area_threshold``: a bug; ours binarizes at ``mask_threshold`` (identical at the
+   default 0.5) and drops an instance when less than ``overlap_mask_area_threshold`` of its mask stays visible in
+   ``segmentation`` after the later instances are painted over it (the panoptic rule, with ``>=`` so that 0 keeps
+   every instance, which reproduces ``transformers``; the dropped instance's pixels become -1 and the remaining ids
+   stay consecutive). The drop applies to all three output forms, so ``segments_info`` does not depend on the form.
+4. Panoptic segment ids: when a fused label (``label_ids_to_fuse``) reappears, ``transformers`` sets its id counter
+   back to that label's id, so the next new segment reuses an id already given to another segment, and it lists the
+   fused segment once per query. A bug: ours gives every new segment the next unused id and lists each segment once
+   (``score``: the highest score among the fused queries). Identical when no fused label appears twice.
+5. Panoptic ``mask_threshold`` compared with score x mask probability, and a pixel painted by argmax alone: the
+   original counts a query's own area with the unweighted probability >= 0.5 and also requires the painted pixels
+   to reach it. Both are conventions of how strict the overlap test is, not errors; we keep ``transformers``' rule
+   (identical results). Likewise ``area / own area > overlap_mask_area_threshold`` (the original: ``<`` rejects).
+6. Empty panoptic result: ``transformers`` returns a map of -1 (a float tensor, with 0 meaning "no segment"
+   everywhere else); ours returns 0, the value of unassigned pixels, as the original does.
+7. Empty instance result with ``return_binary_maps``: ``transformers`` returns the (H, W) map of -1 instead of a
+   stack; ours returns an empty (0, H, W) stack.
+8. ``return_coco_annotation``: ``transformers`` returns, per distinct value of the painted map (background -1
+   included), a row-major list of (1-based start, length) pairs, which is not COCO's format; ours returns one COCO
+   RLE (``{"size": [H, W], "counts": str}``, column-major, from ``pycocotools.mask.encode``) per entry of
+   ``segments_info``, of that instance's whole mask (overlaps kept, as COCO evaluation expects).
+9. dtypes: ``transformers`` returns float32 instance maps, int32 panoptic maps and float binary maps; ours are int64
+   maps and bool binary maps (same values). ``label_ids_to_fuse=None`` fuses nothing, without a warning.
+10. ``topk(sorted=False)`` for the instance candidates, as both ``transformers`` and the original: the order of
+    ``segments_info`` (and which instance is painted last) is that op's order, identical to ``transformers`` on the
+    same device.
+
+Shape letters: B batch, Q queries, K classes (without "no object"), N selected queries, h/w mask logits, H/W output.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "post_process_semantic_segmentation",
+    "post_process_instance_segmentation",
+    "post_process_panoptic_segmentation",
+]
+
+# Above this fraction of pixels needing the exact per-pixel evaluation, the dense computation is cheaper.
+_SPARSE_LIMIT = 0.25
+# Relative margin a bound must clear before it decides a label without exact evaluation; float32 sums over 100-200
+# queries are accurate to about 1e-6 relative, so a decided label is the one float arithmetic gives as well.
+_BOUND_MARGIN = 1e-4
+# Semantic: queries whose class probabilities are all below this ("no object" ones) are bounded, not evaluated,
+# wherever the bound decides the argmax.
+_RELEVANT_PROBABILITY = 0.01
+
+Size = tuple[int, int]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _read_outputs(outputs: Any) -> tuple[Tensor, Tensor]:
+    """The class logits (B, Q, K+1) and mask logits (B, Q, h, w) of a model output, an object or a dict."""
+    names = ("class_queries_logits", "masks_queries_logits")
+    if isinstance(outputs, Mapping):
+        values = [outputs.get(name) for name in names]
+    else:
+        values = [getattr(outputs, name, None) for name in names]
+    missing = [name for name, value in zip(names, values) if value is None]
+    if missing:
+        raise TypeError(
+            f"outputs must have {' and '.join(names)} (a model output or a dict); "
+            f"{type(outputs).__name__} lacks {', '.join(missing)}"
+        )
+    class_logits, mask_logits = values
+    if not isinstance(class_logits, Tensor) or class_logits.dim() != 3 or class_logits.shape[-1] < 2:
+        raise ValueError(
+            "outputs.class_queries_logits must be a (batch, queries, classes + 1) tensor with at least one class, "
+            f"got {getattr(class_logits, 'shape', type(class_logits).__name__)}"
+        )
+    if not isinstance(mask_logits, Tensor) or mask_logits.dim() != 4:
+        raise ValueError(
+            "outputs.masks_queries_logits must be a (batch, queries, height, width) tensor, "
+            f"got {getattr(mask_logits, 'shape', type(mask_logits).__name__)}"
+        )
+    if class_logits.shape[:2] != mask_logits.shape[:2]:
+        raise ValueError(
+            "outputs.class_queries_logits and outputs.masks_queries_logits disagree on (batch, queries): "
+            f"{tuple(class_logits.shape[:2])} and {tuple(mask_logits.shape[:2])}"
+        )
+    return class_logits.float(), mask_logits.float()
+
+
+def _as_size(value: Any, name: str) -> Size:
+    try:
+        height, width = (int(v) for v in (value.tolist() if isinstance(value, Tensor) else value))
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a (height, width) pair, got {value!r}") from None
+    if height < 1 or width < 1:
+        raise ValueError(f"{name} must be positive, got {(height, width)}")
+    return height, width
+
+
+def _as_sizes(values: Any, name: str, batch_size: int) -> list[Size] | None:
+    if values is None:
+        return None
+    if isinstance(values, Tensor):
+        values = values.tolist()
+    if len(values) != batch_size:
+        raise ValueError(f"{name} must have one (height, width) per image: {batch_size} expected, got {len(values)}")
+    return [_as_size(value, f"{name}[{index}]") for index, value in enumerate(values)]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Resampling: PyTorch's bilinear (align_corners=False) and nearest as tables; cells; bounds
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class _Taps(NamedTuple):
+    """1-D linear interpolation: output i = weight0[i] * input[index0[i]] + weight1[i] * input[index1[i]].
+
+    ``index0`` never decreases, and ``index1 = min(index0 + 1, last)``: output i reads the *cell* ``index0[i]``, the
+    pair of inputs (index0, index0 + 1).
+    """
+
+    index0: Tensor  # (n,) int64
+    index1: Tensor  # (n,) int64
+    weight0: Tensor  # (n,) float32
+    weight1: Tensor  # (n,) float32
+
+
+def _linear_taps(in_size: int, out_size: int, device: torch.device, extent: float | None = None) -> _Taps:
+    """The taps of ``F.interpolate(mode="bilinear", align_corners=False)`` from ``in_size`` to ``out_size``.
+
+    With ``extent``, the output spans only the first ``extent`` input pixels (a crop with a fractional border).
+    """
+    scale = np.float32(in_size) / np.float32(out_size) if extent is None else np.float32(extent / out_size)
+    # PyTorch evaluates scale * (i + 0.5) - 0.5 with a single rounding (a fused multiply-add); float64 matches it.
+    source = (float(scale) * (torch.arange(out_size, dtype=torch.float64) + 0.5) - 0.5).clamp(min=0).float()
+    index0 = source.floor().long().clamp(max=in_size - 1)
+    weight1 = (source - index0).clamp(0, 1)
+    index1 = (index0 + 1).clamp(max=in_size - 1)
+    return _Taps(*(t.to(device) for t in (index0, index1, 1 - weight1, weight1)))
+
+
+def _nearest_index(in_size: int, out_size: int, device: torch.device) -> Tensor:
+    """The source index of each output pixel of ``F.interpolate(mode="nearest")``: floor(i * in / out)."""
+    if in_size == out_size:
+        return torch.arange(out_size, device=device)
+    scale = torch.tensor(in_size, dtype=torch.float32) / out_size
+    index = (torch.arange(out_size, dtype=torch.float32) * scale).floor().long().clamp(max=in_size - 1)
+    return index.to(device)
+
+
+def _resize_separable(values: Tensor, taps_y: _Taps, taps_x: _Taps) -> Tensor:
+    """Bilinear resize of (..., h, w) with the given taps -> (..., len(taps_y), len(taps_x)); columns, then rows."""
+    columns = values.index_select(-1, taps_x.index0) * taps_x.weight0
+    columns += values.index_select(-1, taps_x.index1) * taps_x.weight1
+    resized = columns.index_select(-2, taps_y.index0) * taps_y.weight0[:, None]
+    resized += columns.index_select(-2, taps_y.index1) * taps_y.weight1[:, None]
+    return resized
+
+
+def _take(values: Tensor, index: Tensor) -> Tensor:
+    """``values[index]`` for a 1-D ``values``, through ``index_select`` (much faster on CPU)."""
+    return values.index_select(0, index.reshape(-1)).view(index.shape)
+
+
+def _bilinear_rows(width: int, taps_y: _Taps, taps_x: _Taps, ys: Tensor, xs: Tensor) -> tuple[Tensor, Tensor]:
+    """The flat indices (n, 4) of the four grid pixels (grid ``width`` wide) that output pixels (ys, xs) read, and
+    their bilinear weights (n, 4), in the order (y0, x0), (y0, x1), (y1, x0), (y1, x1)."""
+    y0, y1 = taps_y.index0.index_select(0, ys) * width, taps_y.index1.index_select(0, ys) * width
+    x0, x1 = taps_x.index0.index_select(0, xs), taps_x.index1.index_select(0, xs)
+    wy0, wy1 = taps_y.weight0.index_select(0, ys), taps_y.weight1.index_select(0, ys)
+    wx0, wx1 = taps_x.weight0.index_select(0, xs), taps_x.weight1.index_select(0, xs)
+    indices = torch.stack([y0 + x0, y0 + x1, y1 + x0, y1 + x1], dim=1)
+    return indices, torch.stack([wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1], dim=1)
+
+
+def _sample(table: Tensor, width: int, taps_y: _Taps, taps_x: _Taps, ys: Tensor, xs: Tensor) -> Tensor:
+    """Bilinear values at output pixels (ys, xs) of a grid stored as ``table`` (h * w, C) -> (n, C): a weighted sum
+    of four table rows per pixel, one ``embedding_bag``."""
+    indices, weights = _bilinear_rows(width, taps_y, taps_x, ys, xs)
+    return F.embedding_bag(indices, table, per_sample_weights=weights, mode="sum")
+
+
+def _interpolate_at(values_at: Any, width: int, taps_y: _Taps, taps_x: _Taps, ys: Tensor, xs: Tensor) -> Tensor:
+    """Bilinear values at output pixels (ys, xs), reading each distinct grid pixel once: ``values_at(flat)``
+    gives the (n, C) values at flat indices of a grid ``width`` wide."""
+    indices, weights = _bilinear_rows(width, taps_y, taps_x, ys, xs)
+    unique, inverse = indices.flatten().unique(return_inverse=True)
+    return F.embedding_bag(inverse.view(-1, 4), values_at(unique), per_sample_weights=weights, mode="sum")
+
+
+def _extend(grid: Tensor, dim: int, pair: Any) -> Tensor:
+    """``pair`` of each element of (..., h, w) with its next neighbour along ``dim`` (-2 or -1), the last one with
+    itself."""
+    length = grid.shape[dim]
+    extended = torch.empty_like(grid)
+    pair(grid.narrow(dim, 0, length - 1), grid.narrow(dim, 1, length - 1), out=extended.narrow(dim, 0, length - 1))
+    extended.narrow(dim, length - 1, 1).copy_(grid.narrow(dim, length - 1, 1))
+    return extended
+
+
+def _cell_reduce(grid: Tensor, pair: Any) -> Tensor:
+    """``pair`` (minimum, maximum, logical and/or) over the four corners of every cell of (..., h, w): the grid
+    pixels (i or i + 1, j or j + 1) that a bilinear tap starting at (i, j) reads -> (..., h, w)."""
+    return _extend(_extend(grid, -2, pair), -1, pair)
+
+
+def _cell_agree(labels: Tensor) -> Tensor:
+    """(h, w) bool: whether the four corners of each cell of the (h, w) ``labels`` carry the same label."""
+    same_right = labels[:, :-1] == labels[:, 1:]  # (h, w - 1)
+    same_down = labels[:-1, :] == labels[1:, :]  # (h - 1, w)
+    agree = torch.ones_like(labels, dtype=torch.bool)
+    agree[:-1, :-1] = same_down[:, :-1] & same_right[:-1] & same_right[1:]
+    agree[-1, :-1] = same_right[-1]
+    agree[:-1, -1] = same_down[:, -1]
+    return agree
+
+
+def _cells_to_pixels(
+    cell_y: Tensor, cell_x: Tensor, taps_y: _Taps, taps_x: _Taps, limit: float = math.inf
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """The output pixels (ys, xs) whose taps start at the given cells (n,), and for each the index of its cell;
+    None when they are more than ``limit``.
+
+    ``index0`` never decreases, so cell row i holds the output rows [first[i], first[i] + count[i]).
+    """
+    if cell_y.numel() == 0:
+        return cell_y, cell_x, cell_y
+    rows = torch.bincount(taps_y.index0, minlength=int(cell_y.max()) + 1)  # output rows per cell row
+    columns = torch.bincount(taps_x.index0, minlength=int(cell_x.max()) + 1)
+    first_row, first_column = rows.cumsum(0) - rows, columns.cumsum(0) - columns
+    cell_rows, cell_columns = _take(rows, cell_y), _take(columns, cell_x)  # (n,)
+    counts = cell_rows * cell_columns
+    if int(counts.sum()) > limit:
+        return None
+    which = torch.repeat_interleave(counts)  # (m,) the cell of each output pixel
+    rank = torch.arange(which.numel(), device=which.device) - _take(counts.cumsum(0) - counts, which)
+    width = _take(cell_columns, which)
+    ys = _take(_take(first_row, cell_y), which) + rank // width
+    return ys, _take(_take(first_column, cell_x), which) + rank % width, which
+
+
+def _sure_argmax(low: Tensor, high: Tensor) -> tuple[Tensor, Tensor]:
+    """For (n, C) scores known only to lie between ``low`` and ``high``: the argmax of ``low`` (n,), and whether it
+    is the argmax whatever the scores (its lower bound beats every other channel's upper bound) (n,)."""
+    best = low.argmax(1)
+    best_low = low.gather(1, best[:, None]).squeeze(1)
+    rival = high.scatter(1, best[:, None], -math.inf).amax(1)
+    return best, best_low > rival + _BOUND_MARGIN * rival.abs() + 1e-7
+
+
+def _sure_top(values: Tensor, slack: Tensor) -> tuple[Tensor, Tensor]:
+    """argmax of (n, C) ``values`` (n,), and whether it stays the argmax when any channel gains up to ``slack`` (n,)."""
+    best = values.argmax(1)
+    first = values.gather(1, best[:, None]).squeeze(1)
+    second = values.scatter(1, best[:, None], -math.inf).amax(1)
+    return best, first - second > slack + _BOUND_MARGIN * second.abs() + 1e-7
+
+
+def _count_in_cells(inside: Tensor, rows: tuple[Tensor, Tensor], columns: tuple[Tensor, Tensor]) -> Tensor:
+    """Per channel, how many output pixels read only cells that are ``inside`` (C, h, w) bool.
+
+    Output row y reads the cell rows ``rows[0][y]`` to ``rows[1][y]``, likewise for columns; rows that read d + 1
+    cell rows are counted against ``inside`` extended over d more rows.
+    """
+    channels, height, width = inside.shape
+    total = torch.zeros(channels, dtype=torch.long, device=inside.device)
+    row_spans, column_spans = rows[1] - rows[0], columns[1] - columns[0]
+    over_rows = inside
+    for row_span in range(int(row_spans.max()) + 1):
+        row_count = torch.bincount(rows[0][row_spans == row_span], minlength=height)  # (h,)
+        over_both = over_rows
+        for column_span in range(int(column_spans.max()) + 1):
+            column_count = torch.bincount(columns[0][column_spans == column_span], minlength=width).float()
+            per_row = over_both.view(-1, width).float() @ column_count  # (C*h,) exact in float32: at most W
+            total += (per_row.view(channels, height).round().long() * row_count).sum(1)
+            over_both = _extend(over_both, -1, torch.logical_and)
+        over_rows = _extend(over_rows, -2, torch.logical_and)
+    return total
+
+
+def _frame_labels(best: Tensor, decided: Tensor, plan: _Plan, exact_argmax: Any) -> Tensor | None:
+    """Labels on the frame from per-cell labels ``best`` (h*w,) where ``decided`` (h*w,), and
+    ``exact_argmax(flat)`` (n,) at the frame pixels of the other cells; None when those are too many."""
+    height, width = plan.cells
+    cells = torch.where(decided, best, -1).view(height, width)
+    labels = cells.index_select(0, plan.frame_y.index0).index_select(1, plan.frame_x.index0)  # (frame)
+    pixels = _cells_to_pixels(
+        *(~decided.view(height, width)).nonzero(as_tuple=True), plan.frame_y, plan.frame_x, _SPARSE_LIMIT * labels.numel()
+    )
+    if pixels is None:
+        return None
+    ys, xs, _ = pixels
+    if ys.numel():
+        labels[ys, xs] = exact_argmax(ys * plan.frame[1] + xs)
+    return labels
+
+
+class _ResizedLabels(NamedTuple):
+    """Labels of a resized map, kept as the grid's labels (used where a cell's output pixels all take its label)
+    plus the labels of the other output pixels."""
+
+    labels: Tensor  # (h, w) the argmax on the grid
+    agree: Tensor  # (h, w) bool: cells whose output pixels all take the cell's label
+    open_y: Tensor  # (n,) the output pixels of the other cells
+    open_x: Tensor
+    open_labels: Tensor  # (n,)
+    taps_y: _Taps
+    taps_x: _Taps
+
+    def counts(self, length: int) -> Tensor:
+        """Output pixels per label (length,)."""
+        rows = torch.bincount(self.taps_y.index0, minlength=self.labels.shape[0]).float()  # output rows per cell
+        columns = torch.bincount(self.taps_x.index0, minlength=self.labels.shape[1]).float()
+        pixels = (rows[:, None] * columns[None, :]).mul_(self.agree)  # (h, w), exact in float32
+        counts = torch.bincount(self.labels.flatten(), weights=pixels.flatten(), minlength=length).round().long()
+        return counts + torch.bincount(self.open_labels, minlength=length)
+
+    def map(self, values: Tensor | None = None) -> Tensor:
+        """The output map (H, W) of the labels, or of ``values[label]``."""
+        grid = self.labels if values is None else _take(values, self.labels)
+        resized = grid.index_select(0, self.taps_y.index0).index_select(1, self.taps_x.index0)
+        resized[self.open_y, self.open_x] = self.open_labels if values is None else _take(values, self.open_labels)
+        return resized
+
+
+def _resize_labels(
+    labels: Tensor,
+    values_at: Any,
+    taps_y: _Taps,
+    taps_x: _Taps,
+    *,
+    remainder: Any = None,
+) -> _ResizedLabels | None:
+    """argmax over channels of a bilinearly resized (C, h, w) map, from its argmax ``labels`` (h, w).
+
+    Where the four neighbours of an output pixel share a label, that label wins there too (a convex combination
+    keeps the order). Elsewhere the channel values are interpolated: ``values_at(flat)`` gives the (n, C) values at
+    flat grid indices. With ``remainder``, those values are only a part of the total: the rest is between 0 and
+    ``remainder.slack(ys, xs)`` (n,) at output pixels, and ``remainder.at(flat)`` gives it at grid pixels,
+    interpolated only where the slack leaves the argmax open. Returns None when too many pixels need interpolating.
+    """
+    width = labels.shape[1]
+    agree = _cell_agree(labels)  # (h, w)
+    pixels = _cells_to_pixels(
+        *(~agree).nonzero(as_tuple=True), taps_y, taps_x, _SPARSE_LIMIT * len(taps_y.index0) * len(taps_x.index0)
+    )
+    if pixels is None:
+        return None
+    ys, xs, _ = pixels
+    best = ys
+    if ys.numel():
+        interpolated = _interpolate_at(values_at, width, taps_y, taps_x, ys, xs)  # (n, C)
+        if remainder is None:
+            best = interpolated.argmax(1)
+        else:
+            best, sure = _sure_top(interpolated, remainder.slack(ys, xs))
+            unsure = (~sure).nonzero().squeeze(1)
+            if unsure.numel():
+                rest = _interpolate_at(remainder.at, width, taps_y, taps_x, ys[unsure], xs[unsure])
+                best[unsure] = (interpolated[unsure] + rest).argmax(1)
+    return _ResizedLabels(labels, agree, ys, xs, best, taps_y, taps_x)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Geometry: mask logits -> frame (binarize / mix here) -> output
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Where one image's masks go: the frame they are evaluated on, then the output size."""
+
+    frame_y: _Taps  # mask-logit rows -> frame rows (padding already cropped)
+    frame_x: _Taps
+    dense_size: Size | None  # F.interpolate size whose top-left crop is the frame; None: resize with the taps
+    frame: Size  # frame size after the crop
+    output: Size
+    output_y: _Taps | None  # frame -> output; None when the frame is the output
+    output_x: _Taps | None
+    nearest_y: Tensor | None  # nearest-neighbour frame row of each output row (binary masks)
+    nearest_x: Tensor | None
+    cells: Size  # (h, w) of the mask logits: their cells
+
+    @property
+    def span(self) -> int:
+        """The most cells that two neighbouring frame pixels can be apart (1 when the frame is not smaller)."""
+        steps = [taps.index0.diff() for taps in (self.frame_y, self.frame_x)]
+        return max([1] + [int(step.max()) for step in steps if step.numel()])
+
+    def output_cells(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """For each output row, the first and last mask-logit cell row it reads through the frame; same for columns."""
+        ranges = []
+        for frame_taps, output_taps in ((self.frame_y, self.output_y), (self.frame_x, self.output_x)):
+            if output_taps is None:
+                ranges.append((frame_taps.index0, frame_taps.index0))
+            else:
+                ranges.append((frame_taps.index0[output_taps.index0], frame_taps.index0[output_taps.index1]))
+        return ranges[0], ranges[1]
+
+    def frame_logits(self, mask_logits: Tensor) -> Tensor:
+        """(N, h, w) mask logits -> (N, frame height, frame width)."""
+        if self.dense_size is None:
+            return _resize_separable(mask_logits, self.frame_y, self.frame_x)
+        resized = F.interpolate(mask_logits[None], size=self.dense_size, mode="bilinear", align_corners=False)[0]
+        return resized[:, : self.frame[0], : self.frame[1]]
+
+    def nearest_counts(self) -> tuple[Tensor, Tensor]:
+        """How many output rows (columns) each frame row (column) becomes under nearest resizing."""
+        if self.nearest_y is None:
+            device = self.frame_y.index0.device
+            return torch.ones(self.frame[0], dtype=torch.long, device=device), torch.ones(
+                self.frame[1], dtype=torch.long, device=device
+            )
+        return (
+            torch.bincount(self.nearest_y, minlength=self.frame[0]),
+            torch.bincount(self.nearest_x, minlength=self.frame[1]),
+        )
+
+    def output_nearest(self, grid: Tensor) -> Tensor:
+        """Nearest-neighbour resize of (..., frame height, frame width) to the output size."""
+        if self.nearest_y is None:
+            return grid
+        return grid.index_select(-2, self.nearest_y).index_select(-1, self.nearest_x)
+
+
+def _plans(
+    mask_logits: Tensor,
+    target_sizes: Any,
+    mask_size: Any,
+    input_sizes: Any,
+    padded_size: Any,
+) -> list[_Plan]:
+    batch_size, _, height, width = mask_logits.shape
+    device = mask_logits.device
+    targets = _as_sizes(target_sizes, "target_sizes", batch_size)
+    inputs = _as_sizes(input_sizes, "input_sizes", batch_size)
+    frame_size = None if mask_size is None else _as_size(mask_size, "mask_size")
+    padded = (4 * height, 4 * width) if padded_size is None else _as_size(padded_size, "padded_size")
+    if inputs is not None:
+        for index, size in enumerate(inputs):
+            if size[0] > padded[0] or size[1] > padded[1]:
+                raise ValueError(f"input_sizes[{index}] = {size} is larger than padded_size {padded}")
+    plans = []
+    for index in range(batch_size):
+        target = None if targets is None else targets[index]
+        image = None if inputs is None else inputs[index]
+        if frame_size is not None:  # transformers' path: a fixed frame standing for the padded input
+            frame = frame_size
+            if image is not None:
+                frame = (
+                    max(1, min(frame_size[0], round(image[0] * frame_size[0] / padded[0]))),
+                    max(1, min(frame_size[1], round(image[1] * frame_size[1] / padded[1]))),
+                )
+            output = target or image or frame
+            frame_y = _linear_taps(height, frame_size[0], device)
+            frame_x = _linear_taps(width, frame_size[1], device)
+            frame_y = _Taps(*(t[: frame[0]] for t in frame_y))
+            frame_x = _Taps(*(t[: frame[1]] for t in frame_x))
+            dense_size = frame_size
+        else:  # the original's path: the mask logits go straight to the output size
+            output = target or image or (height, width)
+            frame = output
+            if image is None:
+                frame_y = _linear_taps(height, output[0], device)
+                frame_x = _linear_taps(width, output[1], device)
+                dense_size = output
+            else:
+                frame_y = _linear_taps(height, output[0], device, extent=image[0] * height / padded[0])
+                frame_x = _linear_taps(width, output[1], device, extent=image[1] * width / padded[1])
+                dense_size = None
+        resize = output != frame
+        plans.append(
+            _Plan(
+                frame_y=frame_y,
+                frame_x=frame_x,
+                dense_size=dense_size,
+                frame=frame,
+                output=output,
+                output_y=_linear_taps(frame[0], output[0], device) if resize else None,
+                output_x=_linear_taps(frame[1], output[1], device) if resize else None,
+                nearest_y=_nearest_index(frame[0], output[0], device) if resize else None,
+                nearest_x=_nearest_index(frame[1], output[1], device) if resize else None,
+                cells=(height, width),
+            )
+        )
+    return plans
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Semantic
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class _SemanticScores:
+    """Class scores sum_q p(class | q) * sigmoid(mask logit of q) on the frame: bounds per mask-logit cell, exact
+    values at chosen frame pixels.
+
+    Bilinear weights are convex, so on the frame pixels of a mask-logit cell (the pixels whose taps start at that
+    cell) each query's probability lies between the sigmoids of the cell's smallest and largest corner logit; mixed
+    by the class probabilities these bound every class score there. The queries are split in two: the relevant ones
+    (some class probability >= ``_RELEVANT_PROBABILITY``) are evaluated exactly where needed; the others (confident
+    "no object") add at most ``slack`` = sum_q max_k p(k | q) * sigmoid(largest logit of q in the cell) to any class
+    and are evaluated only where that could change the argmax. Classes whose upper bound is beaten everywhere by
+    another class's lower bound are left out (``classes`` are the candidates; labels index into it).
+    """
+
+    def __init__(self, mask_logits: Tensor, class_probs: Tensor, plan: _Plan):
+        relevant = class_probs.amax(1) >= _RELEVANT_PROBABILITY  # (Q,)
+        self.plan = plan
+        self.width = mask_logits.shape[-1]
+        relevant_logits, other_logits = mask_logits[relevant], mask_logits[~relevant]  # (R, h, w), (Q - R, h, w)
+        relevant_probs, other_probs = class_probs[relevant], class_probs[~relevant]  # (R, K), (Q - R, K)
+        low = _cell_reduce(relevant_logits, torch.minimum).sigmoid_().flatten(1)  # (R, h*w)
+        high = _cell_reduce(relevant_logits, torch.maximum).sigmoid_().flatten(1)
+        other_high = _cell_reduce(other_logits, torch.maximum).sigmoid_().flatten(1)  # (Q - R, h*w)
+        # Candidate classes, from looser bounds that need no (K, R) x (R, h*w) product: each relevant query counted
+        # for its top class only (lower), plus its second-best probability for every class (upper). A class can win
+        # an output pixel only if its upper bound on a cell around it reaches the lowest best lower bound there.
+        top_probs, top_classes = relevant_probs.topk(min(2, relevant_probs.shape[1]), dim=1)  # (R, 2)
+        second = top_probs[:, -1] if top_probs.shape[1] > 1 else torch.zeros_like(top_probs[:, 0])
+        tops, top_of_query = top_classes[:, 0].unique(return_inverse=True)  # (T,): the classes some query prefers
+        rough_lower = low.new_zeros(len(tops), low.shape[1]).index_add_(0, top_of_query, top_probs[:, :1] * low)
+        rough_upper = low.new_zeros(len(tops), low.shape[1]).index_add_(0, top_of_query, top_probs[:, :1] * high)
+        shared = second @ high + other_probs.amax(1) @ other_high  # (h*w,): upper bound of any other class
+        span = plan.span
+        best_lower = rough_lower.amax(0).view(1, 1, *plan.cells) if len(tops) else low.new_zeros(1, 1, *plan.cells)
+        reach = -F.max_pool2d(-best_lower, 2 * span + 1, stride=1, padding=span).view(-1)  # (h*w,)
+        candidate = torch.zeros(class_probs.shape[1], dtype=torch.bool, device=low.device)
+        candidate[:] = bool((shared >= reach).any())
+        candidate[tops] = (rough_upper + shared >= reach).any(1)
+        self.classes = candidate.nonzero().squeeze(1)  # (K*,)
+        self.relevant_probs, self.other_probs = relevant_probs[:, self.classes], other_probs[:, self.classes]
+        # Score bounds of the candidate classes on each cell's frame pixels, and the other queries' slack.
+        self.lower, self.upper = low.T @ self.relevant_probs, high.T @ self.relevant_probs  # (h*w, K*)
+        self.cell_slack = self.other_probs.amax(1) @ other_high  # (h*w,)
+        block_slack = self.cell_slack.view(*plan.cells)
+        for _ in range(span):  # an output pixel reads frame pixels from cells (i, j) to (i + span, j + span)
+            block_slack = _cell_reduce(block_slack, torch.maximum)
+        self.block_slack = block_slack.flatten()  # (h*w,)
+        self.relevant_table = relevant_logits.flatten(1).T.contiguous()  # (h*w, R): a row per logit pixel
+        self.other_table = other_logits.flatten(1).T.contiguous()  # (h*w, Q - R)
+
+    def _cells(self, frame_y: Tensor, frame_x: Tensor) -> Tensor:
+        """Flat mask-logit cell of frame pixels (frame_y, frame_x)."""
+        return _take(self.plan.frame_y.index0, frame_y) * self.width + _take(self.plan.frame_x.index0, frame_x)
+
+    def _scores(self, table: Tensor, class_probs: Tensor, flat: Tensor) -> Tensor:
+        frame_width = self.plan.frame[1]
+        ys, xs = flat // frame_width, flat % frame_width
+        logits = _sample(table, self.width, self.plan.frame_y, self.plan.frame_x, ys, xs)  # (n, queries)
+        return logits.sigmoid_() @ class_probs  # (n, K*)
+
+    def relevant(self, flat: Tensor) -> Tensor:
+        """(n,) flat frame indices -> (n, K*) scores of the relevant queries."""
+        return self._scores(self.relevant_table, self.relevant_probs, flat)
+
+    def at(self, flat: Tensor) -> Tensor:
+        """(n,) flat frame indices -> (n, K*) scores of the other queries."""
+        return self._scores(self.other_table, self.other_probs, flat)
+
+    def slack(self, output_y: Tensor, output_x: Tensor) -> Tensor:
+        """Upper bound (n,) of the other queries' score of any class at output pixels (output_y, output_x)."""
+        cells = self._cells(_take(self.plan.output_y.index0, output_y), _take(self.plan.output_x.index0, output_x))
+        return _take(self.block_slack, cells)
+
+    def _exact_argmax(self, flat: Tensor) -> Tensor:
+        scores = self.relevant(flat)  # (n, K*)
+        cells = self._cells(flat // self.plan.frame[1], flat % self.plan.frame[1])
+        best, sure = _sure_top(scores, _take(self.cell_slack, cells))
+        unsure = (~sure).nonzero().squeeze(1)
+        if unsure.numel():
+            best[unsure] = (scores[unsure] + self.at(flat[unsure])).argmax(1)
+        return best
+
+    def frame_labels(self) -> Tensor | None:
+        """The argmax on the frame (indices into ``classes``), or None when most of it needs exact evaluation."""
+        if len(self.classes) == 1:
+            return torch.zeros(self.plan.frame, dtype=torch.long, device=self.lower.device)
+        best, decided = _sure_argmax(self.lower, self.upper + self.cell_slack[:, None])
+        return _frame_labels(best, decided, self.plan, self._exact_argmax)
+
+
+def _semantic_image(mask_logits: Tensor, class_probs: Tensor, plan: _Plan) -> Tensor:
+    scores = _SemanticScores(mask_logits, class_probs, plan)
+    labels = scores.frame_labels()  # indices into scores.classes
+    if labels is not None:
+        if plan.output_y is None:
+            return _take(scores.classes, labels)
+        if len(scores.classes) == 1:
+            return scores.classes.expand(plan.output).clone()
+        resized = _resize_labels(labels, scores.relevant, plan.output_y, plan.output_x, remainder=scores)
+        if resized is not None:
+            return resized.map(scores.classes)
+    # The dense computation, as transformers does it (noise-like masks: the shortcuts would not save anything).
+    dense = torch.einsum("qc,qhw->chw", class_probs, plan.frame_logits(mask_logits).sigmoid_())  # (K, frame)
+    if plan.output_y is not None:
+        dense = F.interpolate(dense[None], size=plan.output, mode="bilinear", align_corners=False)[0]
+    return dense.argmax(0)
+
+
+@torch.no_grad()
+def post_process_semantic_segmentation(
+    outputs: Any,
+    target_sizes: Sequence[Size] | None = None,
+    *,
+    mask_size: Size | None = (384, 384),
+    input_sizes: Sequence[Size] | None = None,
+    padded_size: Size | None = None,
+) -> list[Tensor]:
+    """Semantic segmentation maps: per pixel, the class with the highest sum over queries of p(class) x p(mask).
+
+    Args:
+        outputs: the model output, or any object or dict with ``class_queries_logits`` (B, Q, K+1) and
+            ``masks_queries_logits`` (B, Q, h, w).
+        target_sizes: one (height, width) per image: the output size. None: ``input_sizes`` if given, else the
+            mask frame.
+        mask_size: the size every mask is first resized to, as ``transformers`` does (384x384); None: the mask
+            logits are resized straight to the output size and mixed there (the original code).
+        input_sizes: one (height, width) per image: its size inside the padded ``pixel_values``; the padding is
+            cropped before resizing to the output size. None: nothing is cropped (``transformers``).
+        padded_size: (height, width) of ``pixel_values``; default 4x the mask logits' size.
+
+    Returns:
+        One (H, W) int64 tensor of class ids per image.
+    """
+    class_logits, mask_logits = _read_outputs(outputs)
+    plans = _plans(mask_logits, target_sizes, mask_size, input_sizes, padded_size)
+    class_probs = class_logits.softmax(-1)[..., :-1]  # (B, Q, K)
+    return [_semantic_image(mask_logits[i], class_probs[i], plan) for i, plan in enumerate(plans)]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Instance
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _logit(probability: float) -> float:
+    """The mask logit above which sigmoid(logit) > probability (0 for 0.5, exactly ``logit > 0``)."""
+    if probability <= 0:
+        return -math.inf
+    if probability >= 1:
+        return math.inf
+    return math.log(probability / (1 - probability))
+
+
+def _to_coco_rle(masks: Tensor) -> list[dict]:
+    """(N, H, W) bool -> N COCO RLEs ``{"size": [H, W], "counts": str}`` (pycocotools, column-major)."""
+    from pycocotools import mask as mask_utils
+
+    if masks.shape[0] == 0:
+        return []
+    fortran = np.asfortranarray(masks.permute(1, 2, 0).to(torch.uint8).cpu().numpy())  # (H, W, N)
+    encoded = mask_utils.encode(fortran)
+    return [{"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")} for rle in encoded]
+
+
+def _instance_image(
+    class_logits: Tensor,
+    mask_logits: Tensor,
+    plan: _Plan,
+    threshold: float,
+    mask_threshold: float,
+    overlap_mask_area_threshold: float,
+    return_coco_annotation: bool,
+    return_binary_maps: bool,
+) -> dict[str, Any]:
+    device = mask_logits.device
+    num_queries, num_classes = class_logits.shape[0], class_logits.shape[1] - 1
+    class_probs = class_logits.softmax(-1)[:, :-1]  # (Q, K)
+    # The top-Q (query, class) pairs, in topk(sorted=False) order as transformers and the original take them.
+    candidate_scores, flat = class_probs.flatten().topk(num_queries, sorted=False)  # (Q,)
+    # A mask score is at most 1, so a pair whose class probability misses the threshold cannot reach it.
+    candidate = (candidate_scores >= threshold).nonzero().squeeze(1)
+    candidate_scores, flat = candidate_scores[candidate], flat[candidate]  # (N,)
+    if candidate.numel() == 0:
+        empty = torch.zeros((0, *plan.output), dtype=torch.bool, device=device)
+        segmentation = _to_coco_rle(empty) if return_coco_annotation else empty
+        if not (return_coco_annotation or return_binary_maps):
+            segmentation = torch.full(plan.output, -1, dtype=torch.long, device=device)
+        return {"segmentation": segmentation, "segments_info": []}
+    queries, inverse = torch.div(flat, num_classes, rounding_mode="floor").unique(return_inverse=True)
+    logits = plan.frame_logits(mask_logits[queries])  # (U, frame): each distinct query once
+    binary = torch.gt(logits, _logit(mask_threshold), out=torch.empty_like(logits))  # 0/1 floats, as transformers
+    # Per query: its mask area, and its own area at the output size (frame pixel (i, j) becomes rows[i] x
+    # columns[j] output pixels when nearest-resized): one pass over the masks, exact in float32 (at most W per row).
+    rows, columns = plan.nearest_counts()
+    per_row = binary.view(-1, binary.shape[-1]) @ torch.stack([torch.ones_like(columns), columns], 1).float()
+    per_row = per_row.view(len(queries), -1, 2)  # (U, h, 2)
+    mask_area, own = per_row[..., 0].sum(1), (per_row[..., 1].long() * rows).sum(1)[inverse]  # (U,), (N,)
+    mask_scores = logits.sigmoid_().mul_(binary).flatten(1).sum(1) / (mask_area + 1e-6)  # mean probability inside
+    scores = candidate_scores * mask_scores[inverse]  # (N,)
+    # transformers tests for emptiness at the output size: a thin mask can vanish when nearest-resized down.
+    kept = ((scores >= threshold) & (own > 0)).nonzero().squeeze(1)
+    labels, scores, own, kept_query = flat[kept] % num_classes, scores[kept], own[kept], inverse[kept]
+    instance_masks = binary[kept_query] > 0 if return_binary_maps or return_coco_annotation else None
+
+    # Paint in order, later instances over earlier ones: each pixel takes the last instance covering it, and the
+    # entries of one query share its mask, so a query paints with the rank of its last kept entry.
+    rank = torch.zeros(len(queries), device=device)
+    rank.scatter_reduce_(0, kept_query, torch.arange(1, kept.numel() + 1, device=device, dtype=rank.dtype), "amax")
+    painted = binary.mul_(rank.view(-1, 1, 1)).amax(0).long() - 1  # (frame)
+    segmentation = plan.output_nearest(painted)  # (H, W), -1 where no instance
+    # Keep an instance if enough of its own (output-size) mask is still visible.
+    visible = torch.bincount(segmentation.flatten() + 1, minlength=kept.numel() + 1)[1:]
+    survives = visible.double() >= overlap_mask_area_threshold * own.double()
+    if not bool(survives.all()):
+        new_ids = torch.where(survives, survives.long().cumsum(0) - 1, -1)
+        segmentation = torch.cat([new_ids.new_full((1,), -1), new_ids])[segmentation + 1]
+        labels, scores = labels[survives], scores[survives]
+        instance_masks = None if instance_masks is None else instance_masks[survives]
+
+    segments_info = [
+        {"id": index, "label_id": label, "was_fused": False, "score": round(score, 6)}
+        for index, (label, score) in enumerate(zip(labels.tolist(), scores.tolist()))
+    ]
+    if return_binary_maps or return_coco_annotation:
+        binary_maps = plan.output_nearest(instance_masks)  # (N, H, W) bool
+        segmentation = _to_coco_rle(binary_maps) if return_coco_annotation else binary_maps
+    return {"segmentation": segmentation, "segments_info": segments_info}
+
+
+@torch.no_grad()
+def post_process_instance_segmentation(
+    outputs: Any,
+    threshold: float = 0.5,
+    mask_threshold: float = 0.5,
+    overlap_mask_area_threshold: float = 0.8,
+    target_sizes: Sequence[Size] | None = None,
+    return_coco_annotation: bool = False,
+    return_binary_maps: bool = False,
+    *,
+    mask_size: Size | None = (384, 384),
+    input_sizes: Sequence[Size] | None = None,
+    padded_size: Size | None = None,
+) -> list[dict[str, Any]]:
+    """Instance segmentation: the top-Q (query, class) pairs scoring at least ``threshold``.
+
+    Args:
+        outputs: the model output, or any object or dict with ``class_queries_logits`` (B, Q, K+1) and
+            ``masks_queries_logits`` (B, Q, h, w).
+        threshold: minimum score (class probability x mean mask probability inside the mask) of a kept instance.
+            0 keeps all Q pairs with a non-empty mask (the original keeps all, for COCO AP).
+        mask_threshold: mask probability above which a pixel belongs to the mask.
+        overlap_mask_area_threshold: minimum fraction of an instance's mask that must stay visible in
+            ``segmentation`` after later instances are painted over it; 0 keeps every instance.
+        target_sizes: one (height, width) per image: the output size. None: ``input_sizes`` if given, else the
+            mask frame.
+        return_coco_annotation: return one COCO RLE per instance instead of the map.
+        return_binary_maps: return the (N, H, W) bool stack of instance masks instead of the map.
+        mask_size: the size every mask is first resized to, as ``transformers`` does (384x384); None: the mask
+            logits are resized straight to the output size and binarized there (the original code).
+        input_sizes: one (height, width) per image inside the padded ``pixel_values``; crops the padding.
+        padded_size: (height, width) of ``pixel_values``; default 4x the mask logits' size.
+
+    Returns:
+        One dict per image: ``segmentation``, an (H, W) int64 map of instance ids (-1: none; later instances
+        drawn over earlier ones), or the list of COCO RLEs, or the (N, H, W) bool masks; ``segments_info``, one
+        dict per instance: ``id`` (0, 1, ...), ``label_id``, ``was_fused`` (False) and ``score``.
+    """
+    if return_coco_annotation and return_binary_maps:
+        raise ValueError("return_coco_annotation and return_binary_maps cannot both be True")
+    class_logits, mask_logits = _read_outputs(outputs)
+    plans = _plans(mask_logits, target_sizes, mask_size, input_sizes, padded_size)
+    return [
+        _instance_image(
+            class_logits[i],
+            mask_logits[i],
+            plan,
+            threshold,
+            mask_threshold,
+            overlap_mask_area_threshold,
+            return_coco_annotation,
+            return_binary_maps,
+        )
+        for i, plan in enumerate(plans)
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Panoptic
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class _WeightedMasks:
+    """score x sigmoid(mask logit) of the kept queries on the frame: bounds per mask-logit cell, exact values at
+    chosen frame pixels (the bounds of :class:`_SemanticScores`)."""
+
+    def __init__(self, mask_logits: Tensor, scores: Tensor, plan: _Plan):
+        self.plan = plan
+        self.scores = scores  # (N,)
+        self.width = mask_logits.shape[-1]
+        self.table = mask_logits.flatten(1).T.contiguous()  # (h*w, N)
+        weights = scores[:, None, None]
+        self.low = _cell_reduce(mask_logits, torch.minimum).sigmoid_().mul_(weights)  # (N, h, w)
+        self.high = _cell_reduce(mask_logits, torch.maximum).sigmoid_().mul_(weights)
+
+    def at(self, flat: Tensor) -> Tensor:
+        """(n,) flat frame indices -> (n, N) values."""
+        frame_width = self.plan.frame[1]
+        ys, xs = flat // frame_width, flat % frame_width
+        return _sample(self.table, self.width, self.plan.frame_y, self.plan.frame_x, ys, xs).sigmoid_() * self.scores
+
+    def owner(self) -> Tensor | None:
+        """The argmax query on the frame, or None when most of it needs the exact evaluation."""
+        best, decided = _sure_argmax(self.low.flatten(1).T.contiguous(), self.high.flatten(1).T.contiguous())
+        return _frame_labels(best, decided, self.plan, lambda flat: self.at(flat).argmax(1))
+
+    def own_area_bounds(self, threshold: float) -> tuple[Tensor, Tensor]:
+        """Per query, bounds (N,) on how many output pixels reach ``threshold``: those reading only cells surely
+        above it, and all but those reading only cells surely below it."""
+        rows, columns = self.plan.output_cells()
+        surely = torch.cat([self.low >= threshold, self.high < threshold])  # (2N, h, w): above, then below
+        above, below = _count_in_cells(surely, rows, columns).chunk(2)
+        return above, self.plan.output[0] * self.plan.output[1] - below
+
+
+def _panoptic_owner_and_area(
+    mask_logits: Tensor,
+    scores: Tensor,
+    plan: _Plan,
+    mask_threshold: float,
+    overlap_mask_area_threshold: float,
+) -> tuple[Any, Tensor, Tensor] | None:
+    """The kept query owning each output pixel (an (H, W) tensor or :class:`_ResizedLabels`), and per query its
+    won area and its own area (N,), the own area exact only where it decides the overlap test; None when the dense
+    computation is cheaper."""
+    masks = _WeightedMasks(mask_logits, scores, plan)
+    owner = masks.owner()
+    if owner is None:
+        return None
+    if plan.output_y is None:
+        area = torch.bincount(owner.flatten(), minlength=len(scores))  # (N,)
+    else:
+        owner = _resize_labels(owner, masks.at, plan.output_y, plan.output_x)
+        if owner is None:
+            return None
+        area = owner.counts(len(scores))
+
+    def passes(own_area: Tensor) -> Tensor:  # the overlap test, with transformers' float32 division
+        ratio = (area.float() / own_area.float()).double()
+        return (area > 0) & (own_area > 0) & (ratio > overlap_mask_area_threshold)
+
+    def needed(lower: Tensor, upper: Tensor) -> Tensor:  # whether the test can differ for own areas in between
+        same = (lower == upper) | (area == 0) | ((lower > 0) & (passes(lower) == passes(upper)))
+        return ~same
+
+    lower, upper = masks.own_area_bounds(mask_threshold)
+    own_area = lower.clone()  # enough where the test cannot tell own areas between the bounds apart
+    exact = needed(lower, upper).nonzero().squeeze(1)
+    if exact.numel():  # count those exactly, as transformers does
+        probs = plan.frame_logits(mask_logits[exact]).sigmoid_()  # (n, frame)
+        if plan.output_y is not None:
+            probs = F.interpolate(probs[None], size=plan.output, mode="bilinear", align_corners=False)[0]
+        own_area[exact] = (probs * scores[exact, None, None] >= mask_threshold).flatten(1).sum(1)
+    return owner, area, own_area
+
+
+def _panoptic_image(
+    class_logits: Tensor,
+    mask_logits: Tensor,
+    plan: _Plan,
+    threshold: float,
+    mask_threshold: float,
+    overlap_mask_area_threshold: float,
+    label_ids_to_fuse: set[int],
+) -> dict[str, Any]:
+    device = mask_logits.device
+    num_classes = class_logits.shape[1] - 1
+    scores, labels = class_logits.softmax(-1).max(-1)  # (Q,)
+    kept = ((labels != num_classes) & (scores > threshold)).nonzero().squeeze(1)
+    if kept.numel() == 0:
+        return {"segmentation": torch.zeros(plan.output, dtype=torch.long, device=device), "segments_info": []}
+    scores, labels = scores[kept], labels[kept]  # (N,)
+    found = _panoptic_owner_and_area(mask_logits[kept], scores, plan, mask_threshold, overlap_mask_area_threshold)
+    if found is not None:
+        owner, area, own_area = found
+    else:  # the dense computation, as transformers does it
+        probs = plan.frame_logits(mask_logits[kept]).sigmoid_()  # (N, frame)
+        if plan.output_y is not None:
+            probs = F.interpolate(probs[None], size=plan.output, mode="bilinear", align_corners=False)[0]
+        weighted = probs.mul_(scores[:, None, None])
+        owner = weighted.max(0).indices  # (H, W) index into the kept queries; max(0) is argmax(0), faster
+        area = torch.bincount(owner.flatten(), minlength=kept.numel())  # (N,)
+        own_area = (weighted >= mask_threshold).flatten(1).sum(1)
+    ratio = area.float() / own_area.float()  # float32, as transformers divides
+    valid = (area > 0) & (own_area > 0) & (ratio.double() > overlap_mask_area_threshold)
+
+    # Segment ids 1, 2, ... in query order; queries of a fused label share their label's first segment.
+    segment_of_query = [0] * kept.numel()
+    segments_info: list[dict[str, Any]] = []
+    fused_segment: dict[int, dict[str, Any]] = {}
+    valid_list, labels_list, scores_list = valid.tolist(), labels.tolist(), scores.tolist()
+    for index, (is_valid, label, score) in enumerate(zip(valid_list, labels_list, scores_list)):
+        if not is_valid:
+            continue
+        score = round(score, 6)
+        segment = fused_segment.get(label)
+        if segment is not None:
+            segment["score"] = max(segment["score"], score)
+        else:
+            segment = {"id": len(segments_info) + 1, "label_id": label, "was_fused": label in label_ids_to_fuse}
+            segment["score"] = score
+            segments_info.append(segment)
+            if label in label_ids_to_fuse:
+                fused_segment[label] = segment
+        segment_of_query[index] = segment["id"]
+    segment_ids = torch.tensor(segment_of_query, dtype=torch.long, device=device)
+    segmentation = owner.map(segment_ids) if isinstance(owner, _ResizedLabels) else _take(segment_ids, owner)
+    return {"segmentation": segmentation, "segments_info": segments_info}
+
+
+@torch.no_grad()
+def post_process_panoptic_segmentation(
+    outputs: Any,
+    threshold: float = 0.5,
+    mask_threshold: float = 0.5,
+    overlap_mask_area_threshold: float = 0.8,
+    label_ids_to_fuse: set[int] | None = None,
+    target_sizes: Sequence[Size] | None = None,
+    *,
+    mask_size: Size | None = (384, 384),
+    input_sizes: Sequence[Size] | None = None,
+    padded_size: Size | None = None,
+) -> list[dict[str, Any]]:
+    """Panoptic segmentation: each pixel goes to the kept query with the highest score x mask probability.
+
+    Args:
+        outputs: the model output, or any object or dict with ``class_queries_logits`` (B, Q, K+1) and
+            ``masks_queries_logits`` (B, Q, h, w).
+        threshold: a query is kept if its best class is not "no object" and its probability exceeds this.
+        mask_threshold: a pixel is in a query's own mask where score x mask probability reaches this.
+        overlap_mask_area_threshold: a segment survives if the pixels it wins over its own mask's area exceed this.
+        label_ids_to_fuse: classes whose queries merge into one segment (stuff). None: none.
+        target_sizes: one (height, width) per image: the output size. None: ``input_sizes`` if given, else the
+            mask frame.
+        mask_size: the size every mask is first resized to, as ``transformers`` does (384x384); None: the mask
+            logits are resized straight to the output size (the original code).
+        input_sizes: one (height, width) per image inside the padded ``pixel_values``; crops the padding.
+        padded_size: (height, width) of ``pixel_values``; default 4x the mask logits' size.
+
+    Returns:
+        One dict per image: ``segmentation``, an (H, W) int64 map of segment ids (1, 2, ...; 0: no segment), and
+        ``segments_info``, one dict per segment: ``id``, ``label_id``, ``was_fused`` and ``score``.
+    """
+    class_logits, mask_logits = _read_outputs(outputs)
+    plans = _plans(mask_logits, target_sizes, mask_size, input_sizes, padded_size)
+    fuse = set() if label_ids_to_fuse is None else {int(label) for label in label_ids_to_fuse}
+    return [
+        _panoptic_image(
+            class_logits[i], mask_logits[i], plan, threshold, mask_threshold, overlap_mask_area_threshold, fuse
+        )
+        for i, plan in enumerate(plans)
+    ]
