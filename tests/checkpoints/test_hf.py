@@ -11,7 +11,6 @@ import torch
 
 from mask2former import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, Mask2FormerModel
 from mask2former.checkpoints.hf import state_dict_from_transformers, state_dict_to_transformers
-from tests.conftest import make_transformers_checkpoint
 
 PIXELS = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(7))
 

@@ -69,7 +69,8 @@ def _read(path: str | os.PathLike, mode: str | None) -> np.ndarray:
         raise ValueError(f"cannot read {str(path)!r}: {error}") from None
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: str | os.PathLike) -> dict:
+    """A JSON file; a missing or malformed file raises an error naming it."""
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
@@ -121,7 +122,7 @@ class COCOPanopticDataset(Dataset):
         self, json_file: str | os.PathLike, image_root: str | os.PathLike, panoptic_root: str | os.PathLike | None = None
     ) -> None:
         self.json_file = Path(json_file)
-        document = _read_json(self.json_file)
+        document = read_json(self.json_file)
         self.image_root = Path(image_root)
         self.panoptic_root = Path(panoptic_root) if panoptic_root is not None else self.json_file.with_suffix("")
         self.categories, self.to_contiguous = _contiguous_categories(document["categories"])
@@ -193,7 +194,7 @@ class COCOInstanceDataset(Dataset):
         from pycocotools.coco import COCO
 
         self.json_file = Path(json_file)
-        document = _read_json(self.json_file)
+        document = read_json(self.json_file)
         with contextlib.redirect_stdout(io.StringIO()):
             self.coco = COCO()
             self.coco.dataset = document

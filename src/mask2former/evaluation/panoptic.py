@@ -9,15 +9,14 @@ the mean. Ground-truth areas come from the annotation JSON (as panopticapi reads
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from ..data.datasets import read_json, read_label_png
 from ..visualize import rgb_to_id
 
 VOID = 0
@@ -166,8 +165,8 @@ def pq_compute(
     needs a prediction.
     """
     gt_json_file, pred_json_file = Path(gt_json_file), Path(pred_json_file)
-    gt_json = _read_json(gt_json_file)
-    pred_json = _read_json(pred_json_file)
+    gt_json = read_json(gt_json_file)
+    pred_json = read_json(pred_json_file)
     gt_folder = Path(gt_folder) if gt_folder is not None else gt_json_file.with_suffix("")
     pred_folder = Path(pred_folder) if pred_folder is not None else pred_json_file.with_suffix("")
     for folder, what in ((gt_folder, "gt_folder"), (pred_folder, "pred_folder")):
@@ -190,18 +189,5 @@ def pq_compute(
     return metric.compute()
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no such file: {str(path)!r}") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{str(path)!r} is not valid JSON: {error}") from None
-
-
 def _read_ids(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise FileNotFoundError(f"panoptic PNG not found: {str(path)!r}")
-    with Image.open(path) as image:
-        return rgb_to_id(np.asarray(image.convert("RGB")))
+    return rgb_to_id(read_label_png(path)[..., :3])

@@ -391,26 +391,6 @@ class Mask2FormerImageProcessor:
 
     # ------------------------------------------------------------------ preprocessing
 
-    def __call__(
-        self,
-        images: Any,
-        segmentation_maps: Any = None,
-        instance_id_to_semantic_id: Mapping[int, int] | Sequence[Mapping[int, int] | None] | None = None,
-        *,
-        return_tensors: str = "pt",
-        input_data_format: str | None = None,
-        **overrides: Any,
-    ) -> BatchFeature:
-        """Same as :meth:`preprocess`."""
-        return self.preprocess(
-            images,
-            segmentation_maps,
-            instance_id_to_semantic_id,
-            return_tensors=return_tensors,
-            input_data_format=input_data_format,
-            **overrides,
-        )
-
     def preprocess(
         self,
         images: Any,
@@ -492,6 +472,9 @@ class Mask2FormerImageProcessor:
 
     # The arithmetic below is numpy (single-threaded, vectorized): on small CPU machines PyTorch's intra-op threads
     # cost more in synchronization than they save on these memory-bound steps. Only the resize kernels are PyTorch's.
+
+
+    __call__ = preprocess
 
     def _pixel_values(
         self, images: list[np.ndarray], sizes: list[tuple[int, int]], padded_size: tuple[int, int]
