@@ -5,6 +5,10 @@ mask logits, one image, resized to 480x640. Timed in one process, the two implem
 several runs after warm-up, torch with 2 threads. Ours is also timed with ``mask_size=None`` (masks resized straight
 to 480x640, as the original code does; nothing to compare with in ``transformers``).
 
+glibc's default allocator can make CPU workloads spend much of their time in page faults, so by default the comparison
+runs twice, in child processes: with the default allocator and with
+``MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736``.
+
 Two kinds of outputs:
 - ``model-like`` (the target case): what a trained model emits. The image is a partition into 15 regions, each
   predicted by a confident query (class probability ~0.99) whose mask logits grow with the distance inside its
@@ -13,17 +17,23 @@ Two kinds of outputs:
 - ``noise``: i.i.d. normal logits (class x3, mask x3): about half the queries pass the thresholds and no mask is
   smooth. A worst case, for our bound-based shortcuts especially.
 
-    python benchmarks/postprocess.py
-    python benchmarks/postprocess.py --runs 20 --inputs model-like
+    python benchmarks/postprocess.py                                   # both allocators, both kinds of outputs
+    python benchmarks/postprocess.py --allocator current --inputs model-like --runs 25
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
+
+TUNED_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 
 
 def model_like_outputs(num_classes: int, *, queries: int = 100, size: int = 96, regions: int = 15, seed: int = 0):
@@ -72,29 +82,20 @@ class Outputs:
         self.masks_queries_logits = masks_queries_logits
 
 
-def median_time(function, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def time_once(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--inputs", choices=["model-like", "noise", "both"], default="both")
-    args = parser.parse_args()
-
+def measure(kinds: list[str], runs: int, threads: int, label: str) -> None:
     import transformers
     from transformers.utils import logging as transformers_logging
 
     from mask2former.processing import postprocess
 
-    transformers_logging.set_verbosity_error()
-    torch.set_num_threads(args.threads)
+    transformers_logging.set_verbosity_error()  # the torchvision fallback notice
+    torch.set_num_threads(threads)
     processor = transformers.Mask2FormerImageProcessor()
     target = [(480, 640)]
     tasks = {
@@ -102,9 +103,11 @@ def main() -> None:
         "instance": (80, "post_process_instance_segmentation", {}),
         "panoptic": (133, "post_process_panoptic_segmentation", {"label_ids_to_fuse": set()}),
     }
-    kinds = ["model-like", "noise"] if args.inputs == "both" else [args.inputs]
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads, "
-          f"median of {args.runs} runs after warm-up; 100 queries, 96x96 masks -> 480x640")
+    print(
+        f"\nallocator: {label}; torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"{threads} threads, median of {runs} runs after warm-up; 100 queries, 96x96 masks -> 480x640",
+        flush=True,
+    )
     for kind in kinds:
         print(f"\n{kind} outputs")
         print(f"{'task':>9} | {'transformers (ms)':>17} | {'ours (ms)':>9} | {'speed-up':>8} | "
@@ -112,20 +115,45 @@ def main() -> None:
         print("-" * 82)
         for task, (num_classes, name, extra) in tasks.items():
             make = model_like_outputs if kind == "model-like" else noise_outputs
-            class_logits, mask_logits = make(num_classes)
-            outputs = Outputs(class_logits, mask_logits)
-            theirs = lambda: getattr(processor, name)(outputs, target_sizes=target, **extra)  # noqa: E731
-            ours = lambda: getattr(postprocess, name)(outputs, target_sizes=target, **extra)  # noqa: E731
-            full = lambda: getattr(postprocess, name)(outputs, target_sizes=target, mask_size=None, **extra)  # noqa: E731
+            outputs = Outputs(*make(num_classes))
+            theirs = functools.partial(getattr(processor, name), outputs, target_sizes=target, **extra)
+            ours = functools.partial(getattr(postprocess, name), outputs, target_sizes=target, **extra)
+            full = functools.partial(getattr(postprocess, name), outputs, target_sizes=target, mask_size=None, **extra)
             for function in (theirs, ours, full):  # warm-up
                 function()
             their_times, our_times, full_times = [], [], []
-            for _ in range(args.runs):  # alternate, so that both see the same machine state
-                their_times.append(median_time(theirs, 1))
-                our_times.append(median_time(ours, 1))
-                full_times.append(median_time(full, 1))
+            for _ in range(runs):  # alternate, so that both see the same machine state
+                their_times.append(time_once(theirs))
+                our_times.append(time_once(ours))
+                full_times.append(time_once(full))
             their_ms, our_ms, full_ms = (1000 * statistics.median(t) for t in (their_times, our_times, full_times))
-            print(f"{task:>9} | {their_ms:17.1f} | {our_ms:9.1f} | {their_ms / our_ms:7.1f}x | {full_ms:25.1f}")
+            print(f"{task:>9} | {their_ms:17.1f} | {our_ms:9.1f} | {their_ms / our_ms:7.1f}x | {full_ms:25.1f}",
+                  flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=15, help="timed runs per implementation and task")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--inputs", choices=["model-like", "noise", "both"], default="both")
+    parser.add_argument(
+        "--allocator",
+        choices=["both", "current"],
+        default="both",
+        help="'both': run in two child processes, default and tuned glibc allocator; 'current': this process as is",
+    )
+    args = parser.parse_args()
+    kinds = ["model-like", "noise"] if args.inputs == "both" else [args.inputs]
+    if args.allocator == "current":
+        tuned = all(os.environ.get(key) == value for key, value in TUNED_ALLOCATOR.items())
+        label = "tuned (" + " ".join(f"{k}={v}" for k, v in TUNED_ALLOCATOR.items()) + ")" if tuned else "glibc default"
+        measure(kinds, args.runs, args.threads, label)
+        return
+    child = [sys.executable, __file__, "--allocator", "current", "--runs", str(args.runs)]
+    child += ["--threads", str(args.threads), "--inputs", args.inputs]
+    default_env = {k: v for k, v in os.environ.items() if k not in TUNED_ALLOCATOR}
+    subprocess.run(child, env=default_env, check=True)
+    subprocess.run(child, env={**default_env, **TUNED_ALLOCATOR}, check=True)
 
 
 if __name__ == "__main__":

@@ -84,9 +84,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    "post_process_semantic_segmentation",
     "post_process_instance_segmentation",
     "post_process_panoptic_segmentation",
+    "post_process_semantic_segmentation",
 ]
 
 # Above this fraction of pixels needing the exact per-pixel evaluation, the dense computation is cheaper.
@@ -232,11 +232,12 @@ def _sample(table: Tensor, width: int, taps_y: _Taps, taps_x: _Taps, ys: Tensor,
 
 
 def _interpolate_at(values_at: Any, width: int, taps_y: _Taps, taps_x: _Taps, ys: Tensor, xs: Tensor) -> Tensor:
-    """Bilinear values at output pixels (ys, xs), reading each distinct grid pixel once: ``values_at(flat)``
-    gives the (n, C) values at flat indices of a grid ``width`` wide."""
+    """Bilinear values at output pixels (ys, xs): ``values_at(flat)`` gives the (n, C) values at flat indices of a
+    grid ``width`` wide."""
     indices, weights = _bilinear_rows(width, taps_y, taps_x, ys, xs)
-    unique, inverse = indices.flatten().unique(return_inverse=True)
-    return F.embedding_bag(inverse.view(-1, 4), values_at(unique), per_sample_weights=weights, mode="sum")
+    corners = values_at(indices.flatten())  # (4n, C)
+    bags = torch.arange(corners.shape[0], device=corners.device).view(-1, 4)
+    return F.embedding_bag(bags, corners, per_sample_weights=weights, mode="sum")
 
 
 def _extend(grid: Tensor, dim: int, pair: Any) -> Tensor:
@@ -311,21 +312,26 @@ def _count_in_cells(inside: Tensor, rows: tuple[Tensor, Tensor], columns: tuple[
     """Per channel, how many output pixels read only cells that are ``inside`` (C, h, w) bool.
 
     Output row y reads the cell rows ``rows[0][y]`` to ``rows[1][y]``, likewise for columns; rows that read d + 1
-    cell rows are counted against ``inside`` extended over d more rows.
+    cell rows are counted against ``inside`` extended over d more rows (a minimum of 0/1 floats: a logical and).
     """
     channels, height, width = inside.shape
-    total = torch.zeros(channels, dtype=torch.long, device=inside.device)
     row_spans, column_spans = rows[1] - rows[0], columns[1] - columns[0]
-    over_rows = inside
+    column_counts = [
+        torch.bincount(columns[0][column_spans == span], minlength=width).float()  # (w,) exact in float32
+        for span in range(int(column_spans.max()) + 1)
+    ]
+    total = torch.zeros(channels, dtype=torch.long, device=inside.device)
+    over_rows = inside.float()  # (C, h, w)
     for row_span in range(int(row_spans.max()) + 1):
+        if row_span:
+            over_rows = _extend(over_rows, -2, torch.minimum)
         row_count = torch.bincount(rows[0][row_spans == row_span], minlength=height)  # (h,)
         over_both = over_rows
-        for column_span in range(int(column_spans.max()) + 1):
-            column_count = torch.bincount(columns[0][column_spans == column_span], minlength=width).float()
-            per_row = over_both.view(-1, width).float() @ column_count  # (C*h,) exact in float32: at most W
+        for column_span, column_count in enumerate(column_counts):
+            if column_span:
+                over_both = _extend(over_both, -1, torch.minimum)
+            per_row = over_both.view(-1, width) @ column_count  # (C*h,) exact in float32: at most W
             total += (per_row.view(channels, height).round().long() * row_count).sum(1)
-            over_both = _extend(over_both, -1, torch.logical_and)
-        over_rows = _extend(over_rows, -2, torch.logical_and)
     return total
 
 
@@ -335,15 +341,37 @@ def _frame_labels(best: Tensor, decided: Tensor, plan: _Plan, exact_argmax: Any)
     height, width = plan.cells
     cells = torch.where(decided, best, -1).view(height, width)
     labels = cells.index_select(0, plan.frame_y.index0).index_select(1, plan.frame_x.index0)  # (frame)
-    pixels = _cells_to_pixels(
-        *(~decided.view(height, width)).nonzero(as_tuple=True), plan.frame_y, plan.frame_x, _SPARSE_LIMIT * labels.numel()
-    )
+    cell_y, cell_x = (~decided.view(height, width)).nonzero(as_tuple=True)
+    pixels = _cells_to_pixels(cell_y, cell_x, plan.frame_y, plan.frame_x, _SPARSE_LIMIT * labels.numel())
     if pixels is None:
         return None
     ys, xs, _ = pixels
     if ys.numel():
         labels[ys, xs] = exact_argmax(ys * plan.frame[1] + xs)
     return labels
+
+
+class _Remembered:
+    """``compute(flat)`` (n, C) values at flat grid indices, remembering the first batch for later calls (the
+    output stage reads mostly the frame pixels that the frame stage evaluated)."""
+
+    def __init__(self, compute: Any, size: int):
+        self.compute, self.size = compute, size
+        self.values: Tensor | None = None
+        self.rows: Tensor | None = None
+
+    def __call__(self, flat: Tensor) -> Tensor:
+        if self.values is None:
+            self.values = self.compute(flat)
+            self.rows = torch.full((self.size,), -1, dtype=torch.int32, device=flat.device)
+            self.rows[flat] = torch.arange(flat.numel(), dtype=torch.int32, device=flat.device)
+            return self.values
+        rows = _take(self.rows, flat)
+        values = self.values.index_select(0, rows.clamp(min=0).long())
+        missing = (rows < 0).nonzero().squeeze(1)
+        if missing.numel():
+            values[missing] = self.compute(flat.index_select(0, missing))
+        return values
 
 
 class _ResizedLabels(NamedTuple):
@@ -565,31 +593,38 @@ class _SemanticScores:
         high = _cell_reduce(relevant_logits, torch.maximum).sigmoid_().flatten(1)
         other_high = _cell_reduce(other_logits, torch.maximum).sigmoid_().flatten(1)  # (Q - R, h*w)
         # Candidate classes, from looser bounds that need no (K, R) x (R, h*w) product: each relevant query counted
-        # for its top class only (lower), plus its second-best probability for every class (upper). A class can win
-        # an output pixel only if its upper bound on a cell around it reaches the lowest best lower bound there.
+        # for its top class only (lower), plus its second-best probability for every class (upper). An output pixel
+        # reads frame pixels from the block of cells (i..i + span, j..j + span) (span: the largest step of the frame
+        # taps; 1 when the frame is larger than the mask logits); there every class b scores at least its smallest
+        # lower bound over the block, so a class can win the pixel only if its largest upper bound over the block
+        # reaches max_b (min over the block of b's lower bound).
         top_probs, top_classes = relevant_probs.topk(min(2, relevant_probs.shape[1]), dim=1)  # (R, 2)
         second = top_probs[:, -1] if top_probs.shape[1] > 1 else torch.zeros_like(top_probs[:, 0])
         tops, top_of_query = top_classes[:, 0].unique(return_inverse=True)  # (T,): the classes some query prefers
         rough_lower = low.new_zeros(len(tops), low.shape[1]).index_add_(0, top_of_query, top_probs[:, :1] * low)
         rough_upper = low.new_zeros(len(tops), low.shape[1]).index_add_(0, top_of_query, top_probs[:, :1] * high)
         shared = second @ high + other_probs.amax(1) @ other_high  # (h*w,): upper bound of any other class
-        span = plan.span
-        best_lower = rough_lower.amax(0).view(1, 1, *plan.cells) if len(tops) else low.new_zeros(1, 1, *plan.cells)
-        reach = -F.max_pool2d(-best_lower, 2 * span + 1, stride=1, padding=span).view(-1)  # (h*w,)
+        block_upper, block_shared = self._blocks(rough_upper, torch.maximum), self._blocks(shared[None], torch.maximum)
+        reach = self._blocks(rough_lower, torch.minimum).amax(0) if len(tops) else torch.zeros_like(shared)
         candidate = torch.zeros(class_probs.shape[1], dtype=torch.bool, device=low.device)
-        candidate[:] = bool((shared >= reach).any())
-        candidate[tops] = (rough_upper + shared >= reach).any(1)
+        candidate[:] = bool((block_shared[0] >= reach).any())
+        candidate[tops] = (block_upper + block_shared >= reach).any(1)
         self.classes = candidate.nonzero().squeeze(1)  # (K*,)
         self.relevant_probs, self.other_probs = relevant_probs[:, self.classes], other_probs[:, self.classes]
         # Score bounds of the candidate classes on each cell's frame pixels, and the other queries' slack.
         self.lower, self.upper = low.T @ self.relevant_probs, high.T @ self.relevant_probs  # (h*w, K*)
         self.cell_slack = self.other_probs.amax(1) @ other_high  # (h*w,)
-        block_slack = self.cell_slack.view(*plan.cells)
-        for _ in range(span):  # an output pixel reads frame pixels from cells (i, j) to (i + span, j + span)
-            block_slack = _cell_reduce(block_slack, torch.maximum)
-        self.block_slack = block_slack.flatten()  # (h*w,)
+        self.block_slack = self._blocks(self.cell_slack[None], torch.maximum)[0]  # (h*w,)
         self.relevant_table = relevant_logits.flatten(1).T.contiguous()  # (h*w, R): a row per logit pixel
         self.other_table = other_logits.flatten(1).T.contiguous()  # (h*w, Q - R)
+        self.relevant = _Remembered(self._relevant, plan.frame[0] * plan.frame[1])
+
+    def _blocks(self, per_cell: Tensor, reduce: Any) -> Tensor:
+        """(C, h*w) per-cell values -> reduced over each block of cells (i..i + span, j..j + span) -> (C, h*w)."""
+        grid = per_cell.view(-1, *self.plan.cells)
+        for _ in range(self.plan.span):
+            grid = _cell_reduce(grid, reduce)
+        return grid.flatten(1)
 
     def _cells(self, frame_y: Tensor, frame_x: Tensor) -> Tensor:
         """Flat mask-logit cell of frame pixels (frame_y, frame_x)."""
@@ -601,8 +636,8 @@ class _SemanticScores:
         logits = _sample(table, self.width, self.plan.frame_y, self.plan.frame_x, ys, xs)  # (n, queries)
         return logits.sigmoid_() @ class_probs  # (n, K*)
 
-    def relevant(self, flat: Tensor) -> Tensor:
-        """(n,) flat frame indices -> (n, K*) scores of the relevant queries."""
+    def _relevant(self, flat: Tensor) -> Tensor:
+        """(n,) flat frame indices -> (n, K*) scores of the relevant queries (read through ``relevant``)."""
         return self._scores(self.relevant_table, self.relevant_probs, flat)
 
     def at(self, flat: Tensor) -> Tensor:
@@ -844,9 +879,10 @@ class _WeightedMasks:
         weights = scores[:, None, None]
         self.low = _cell_reduce(mask_logits, torch.minimum).sigmoid_().mul_(weights)  # (N, h, w)
         self.high = _cell_reduce(mask_logits, torch.maximum).sigmoid_().mul_(weights)
+        self.at = _Remembered(self._at, plan.frame[0] * plan.frame[1])
 
-    def at(self, flat: Tensor) -> Tensor:
-        """(n,) flat frame indices -> (n, N) values."""
+    def _at(self, flat: Tensor) -> Tensor:
+        """(n,) flat frame indices -> (n, N) values (read through ``at``)."""
         frame_width = self.plan.frame[1]
         ys, xs = flat // frame_width, flat % frame_width
         return _sample(self.table, self.width, self.plan.frame_y, self.plan.frame_x, ys, xs).sigmoid_() * self.scores
