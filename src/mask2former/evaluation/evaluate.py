@@ -2,7 +2,7 @@
 
 Inference follows the original Mask2Former evaluation: full-resolution post-processing with the padding cropped;
 for PQ the stuff classes are merged (``label_ids_to_fuse``); for mask AP the top instances are kept with no score
-threshold (``threshold=0``). The dataset is one of the readers in :mod:`mask2former.data.datasets`, whose
+threshold (``threshold=0``) and no overlap filtering. The dataset is one of the readers in :mod:`mask2former.data.datasets`, whose
 contiguous class ids must be the model's.
 """
 
@@ -96,7 +96,10 @@ def evaluate(
         if task == "panoptic":
             results = segmenter.segment([i["image"] for i in items], task, batch_size=len(items), label_ids_to_fuse=stuff)
         elif task == "instance":
-            results = segmenter.segment([i["image"] for i in items], task, batch_size=len(items), threshold=0.0)
+            # The original's AP protocol: top instances, no score threshold, overlapping masks all kept.
+            results = segmenter.segment(
+                [i["image"] for i in items], task, batch_size=len(items), threshold=0.0, overlap_mask_area_threshold=0.0
+            )
         else:
             results = segmenter.segment([i["image"] for i in items], task, batch_size=len(items))
         model_seconds += time.perf_counter() - tick

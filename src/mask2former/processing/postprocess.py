@@ -67,6 +67,10 @@ without resizing every query to 384x384 and every class or query map to the targ
 10. ``topk(sorted=False)`` for the instance candidates, as both ``transformers`` and the original: the order of
     ``segments_info`` (and which instance is painted last) is that op's order, identical to ``transformers`` on the
     same device.
+11. Instance scores are the original's (class probability x mean mask probability inside the mask, over the top-Q
+    (query, class) pairs). The original keeps all Q pairs, with no score threshold (``threshold=0`` here, which
+    still drops empty masks as ``transformers`` does), and for panoptic-trained models only thing classes (no class
+    metadata here: filter ``segments_info`` by label).
 
 Shape letters: B batch, Q queries, K classes (without "no object"), N selected queries, h/w mask logits, H/W output.
 """
@@ -681,7 +685,7 @@ def _semantic_image(mask_logits: Tensor, class_probs: Tensor, plan: _Plan) -> Te
     dense = torch.einsum("qc,qhw->chw", class_probs, plan.frame_logits(mask_logits).sigmoid_())  # (K, frame)
     if plan.output_y is not None:
         dense = F.interpolate(dense[None], size=plan.output, mode="bilinear", align_corners=False)[0]
-    return dense.argmax(0)
+    return dense.max(0).indices  # argmax(0), the first maximum on ties, faster
 
 
 @torch.no_grad()
