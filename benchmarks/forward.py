@@ -15,15 +15,13 @@ comparison runs twice, in child processes: with the default allocator and with
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
-TUNED_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 
+
+from allocator import add_allocator_argument, allocator_label, rerun_under_both_allocators
 
 def parse_size(text: str) -> tuple[int, int]:
     height, width = text.lower().split("x")
@@ -87,23 +85,13 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["512x512", "800x1216"], help="HxW input sizes")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per implementation and size")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument(
-        "--allocator",
-        choices=["both", "current"],
-        default="both",
-        help="'both': run in two child processes, default and tuned glibc allocator; 'current': this process as is",
-    )
+    add_allocator_argument(parser)
     args = parser.parse_args()
     if args.allocator == "current":
-        tuned = all(os.environ.get(key) == value for key, value in TUNED_ALLOCATOR.items())
-        label = "tuned (" + " ".join(f"{k}={v}" for k, v in TUNED_ALLOCATOR.items()) + ")" if tuned else "glibc default"
+        label = allocator_label()
         measure([parse_size(s) for s in args.sizes], args.runs, args.threads, label)
         return
-    child = [sys.executable, __file__, "--allocator", "current", "--runs", str(args.runs), "--threads", str(args.threads)]
-    child += ["--sizes", *args.sizes]
-    default_env = {k: v for k, v in os.environ.items() if k not in TUNED_ALLOCATOR}
-    subprocess.run(child, env=default_env, check=True)
-    subprocess.run(child, env={**default_env, **TUNED_ALLOCATOR}, check=True)
+    rerun_under_both_allocators()
 
 
 if __name__ == "__main__":

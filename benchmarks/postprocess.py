@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
 
-TUNED_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 
+
+from allocator import add_allocator_argument, allocator_label, rerun_under_both_allocators
 
 def model_like_outputs(num_classes: int, *, queries: int = 100, size: int = 96, regions: int = 15, seed: int = 0):
     """(1, Q, K+1) class logits and (1, Q, size, size) mask logits resembling a trained model's."""
@@ -136,24 +134,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15, help="timed runs per implementation and task")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--inputs", choices=["model-like", "noise", "both"], default="both")
-    parser.add_argument(
-        "--allocator",
-        choices=["both", "current"],
-        default="both",
-        help="'both': run in two child processes, default and tuned glibc allocator; 'current': this process as is",
-    )
+    add_allocator_argument(parser)
     args = parser.parse_args()
     kinds = ["model-like", "noise"] if args.inputs == "both" else [args.inputs]
     if args.allocator == "current":
-        tuned = all(os.environ.get(key) == value for key, value in TUNED_ALLOCATOR.items())
-        label = "tuned (" + " ".join(f"{k}={v}" for k, v in TUNED_ALLOCATOR.items()) + ")" if tuned else "glibc default"
+        label = allocator_label()
         measure(kinds, args.runs, args.threads, label)
         return
-    child = [sys.executable, __file__, "--allocator", "current", "--runs", str(args.runs)]
-    child += ["--threads", str(args.threads), "--inputs", args.inputs]
-    default_env = {k: v for k, v in os.environ.items() if k not in TUNED_ALLOCATOR}
-    subprocess.run(child, env=default_env, check=True)
-    subprocess.run(child, env={**default_env, **TUNED_ALLOCATOR}, check=True)
+    rerun_under_both_allocators()
 
 
 if __name__ == "__main__":

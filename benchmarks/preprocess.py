@@ -19,11 +19,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import time
 
-TUNED_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
+from allocator import add_allocator_argument, allocator_label, rerun_under_both_allocators
+
 SETTINGS = {
     "384x384 (released)": {"height": 384, "width": 384},
     "800/1333 (detectron2)": {"shortest_edge": 800, "longest_edge": 1333},
@@ -80,32 +79,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15, help="timed runs per implementation and case")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="images per call")
-    parser.add_argument(
-        "--allocator",
-        choices=["both", "current"],
-        default="both",
-        help="'both': run in two child processes, default and tuned glibc allocator; 'current': this process as is",
-    )
+    add_allocator_argument(parser)
     args = parser.parse_args()
     if args.allocator == "current":
-        tuned = all(os.environ.get(key) == value for key, value in TUNED_ALLOCATOR.items())
-        label = "tuned (" + " ".join(f"{k}={v}" for k, v in TUNED_ALLOCATOR.items()) + ")" if tuned else "glibc default"
+        label = allocator_label()
         measure(args.runs, args.threads, args.batch_sizes, label)
         return
-    child = [
-        sys.executable,
-        __file__,
-        "--allocator",
-        "current",
-        "--runs",
-        str(args.runs),
-        "--threads",
-        str(args.threads),
-    ]
-    child += ["--batch-sizes", *map(str, args.batch_sizes)]
-    default_env = {k: v for k, v in os.environ.items() if k not in TUNED_ALLOCATOR}
-    subprocess.run(child, env=default_env, check=True)
-    subprocess.run(child, env={**default_env, **TUNED_ALLOCATOR}, check=True)
+    rerun_under_both_allocators()
 
 
 if __name__ == "__main__":
