@@ -324,9 +324,11 @@ class Segmenter:
             else:
                 segmentation = segmentation.cpu().numpy().astype(np.int32)
                 ids = [segment["id"] for segment in info]
-            areas = (
-                masks.reshape(len(info), -1).sum(1) if masks is not None else [int((segmentation == i).sum()) for i in ids]
-            )
+            if masks is not None:
+                areas = masks.reshape(len(info), -1).sum(1)
+            else:  # one pass over the map instead of one comparison per segment
+                counts = np.bincount(segmentation.ravel().clip(min=0), minlength=max(ids, default=0) + 1)
+                areas = counts[ids] if ids else []
             segments = [
                 Segment(
                     id=int(segment_id),
