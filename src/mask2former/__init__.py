@@ -9,6 +9,8 @@ The public names follow ``transformers``, so that switching is one import line::
 from .config import Mask2FormerConfig, SwinConfig
 from .modeling.mask2former import Mask2FormerForUniversalSegmentation, Mask2FormerModel
 from .modeling.outputs import Mask2FormerForUniversalSegmentationOutput, Mask2FormerModelOutput
+from .processing.image_processor import Mask2FormerImageProcessor, MaskFormerImageProcessor
+from .segmenter import Segmenter, SegmentationResult
 
 __version__ = "0.1.0"
 
@@ -19,4 +21,8 @@ __all__ = [
     "Mask2FormerForUniversalSegmentation",
     "Mask2FormerModelOutput",
     "Mask2FormerForUniversalSegmentationOutput",
+    "Mask2FormerImageProcessor",
+    "MaskFormerImageProcessor",
+    "Segmenter",
+    "SegmentationResult",
 ]

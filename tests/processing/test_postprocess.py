@@ -512,3 +512,27 @@ def test_bad_input():
         post_process_instance_segmentation({**outputs, "masks_queries_logits": torch.zeros(2, 11, 8, 8)})
     with pytest.raises(ValueError, match="return_coco_annotation and return_binary_maps"):
         post_process_instance_segmentation(outputs, return_coco_annotation=True, return_binary_maps=True)
+
+
+def test_processor_methods_match_the_functions_and_transformers(processor):
+    """Our processor carries the three post-processors as methods, so code written for transformers' runs as is."""
+    from mask2former import Mask2FormerImageProcessor
+
+    ours = Mask2FormerImageProcessor()
+    outputs = as_object(smooth_outputs(seed=5))
+    target = TARGETS["per-image"]
+    for mine, reference in zip(
+        ours.post_process_semantic_segmentation(outputs, target_sizes=target),
+        processor.post_process_semantic_segmentation(outputs, target_sizes=target),
+    ):
+        assert torch.equal(mine, reference)
+    mine = ours.post_process_instance_segmentation(outputs, 0.4, overlap_mask_area_threshold=0.0, target_sizes=target)
+    reference = processor.post_process_instance_segmentation(outputs, 0.4, target_sizes=target)
+    assert_same_segments([r["segments_info"] for r in mine], [r["segments_info"] for r in reference])
+    mine = ours.post_process_panoptic_segmentation(outputs, label_ids_to_fuse={1}, target_sizes=target)
+    reference = processor.post_process_panoptic_segmentation(outputs, label_ids_to_fuse={1}, target_sizes=target)
+    for a, b in zip(mine, reference):
+        assert torch.equal(a["segmentation"], b["segmentation"].long())
+    full = ours.post_process_panoptic_segmentation(outputs, mask_size=None, input_sizes=[(80, 100), (96, 128)])
+    expected = post_process_panoptic_segmentation(outputs, mask_size=None, input_sizes=[(80, 100), (96, 128)])
+    assert [r["segments_info"] for r in full] == [r["segments_info"] for r in expected]

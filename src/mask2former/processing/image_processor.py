@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import postprocess
+
 try:  # Pillow is a dependency of the package; keep the module importable without it all the same
     import PIL.Image
 except ImportError:  # pragma: no cover
@@ -618,8 +620,52 @@ class Mask2FormerImageProcessor:
         return masks, np.array(classes, dtype=np.int64)
 
     # ------------------------------------------------------------------ post-processing
-    # The post_process_{semantic,instance,panoptic}_segmentation methods go here: thin methods over the pure
-    # functions of processing/postprocess.py. Nothing above depends on them.
+    # Thin methods over the pure functions of processing/postprocess.py, so that code written for transformers'
+    # processor runs unchanged. The arguments, defaults and outputs are those functions'.
+
+    def post_process_semantic_segmentation(
+        self, outputs: Any, target_sizes: Sequence[tuple[int, int]] | None = None, **kwargs: Any
+    ) -> list[torch.Tensor]:
+        """(H, W) class-id maps; see :func:`mask2former.processing.postprocess.post_process_semantic_segmentation`."""
+        return postprocess.post_process_semantic_segmentation(outputs, target_sizes, **kwargs)
+
+    def post_process_instance_segmentation(
+        self,
+        outputs: Any,
+        threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        overlap_mask_area_threshold: float = 0.8,
+        target_sizes: Sequence[tuple[int, int]] | None = None,
+        return_coco_annotation: bool = False,
+        return_binary_maps: bool = False,
+        **kwargs: Any,
+    ) -> list[dict[str, Any]]:
+        """Instances per image; see :func:`mask2former.processing.postprocess.post_process_instance_segmentation`."""
+        return postprocess.post_process_instance_segmentation(
+            outputs,
+            threshold,
+            mask_threshold,
+            overlap_mask_area_threshold,
+            target_sizes,
+            return_coco_annotation,
+            return_binary_maps,
+            **kwargs,
+        )
+
+    def post_process_panoptic_segmentation(
+        self,
+        outputs: Any,
+        threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        overlap_mask_area_threshold: float = 0.8,
+        label_ids_to_fuse: set[int] | None = None,
+        target_sizes: Sequence[tuple[int, int]] | None = None,
+        **kwargs: Any,
+    ) -> list[dict[str, Any]]:
+        """Panoptic segments per image; see :func:`mask2former.processing.postprocess.post_process_panoptic_segmentation`."""
+        return postprocess.post_process_panoptic_segmentation(
+            outputs, threshold, mask_threshold, overlap_mask_area_threshold, label_ids_to_fuse, target_sizes, **kwargs
+        )
 
 
 MaskFormerImageProcessor = Mask2FormerImageProcessor
