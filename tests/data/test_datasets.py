@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -87,3 +88,133 @@ def test_malformed_files_are_named(synthetic, tmp_path):
     (tmp_path / "empty.json").write_text(json.dumps({"categories": [], "annotations": []}))
     with pytest.raises(ValueError, match="empty"):
         COCOPanopticDataset(tmp_path / "empty.json", tmp_path)
+
+
+def test_packaged_coco_categories():
+    panoptic = load_categories("coco_panoptic")["categories"]
+    instance = load_categories("coco_instance")["categories"]
+    assert len(panoptic) == 133 and len(instance) == 80
+    assert len({c["id"] for c in panoptic}) == 133 and len({c["name"] for c in panoptic}) == 133
+    assert len({c["id"] for c in instance}) == 80 and all(1 <= c["id"] <= 90 for c in instance)
+    things = {c["id"]: c["name"] for c in panoptic if c["isthing"]}
+    assert things == {c["id"]: c["name"] for c in instance}
+    assert sum(1 for c in panoptic if not c["isthing"]) == 53
+    assert all(len(c["color"]) == 3 and all(0 <= v <= 255 for v in c["color"]) for c in panoptic)
+    assert panoptic[0] == {"id": 1, "name": "person", "isthing": 1, "color": [220, 20, 60], "supercategory": "person"}
+    assert panoptic[-1]["id"] == 200 and panoptic[-1]["name"] == "rug-merged"
+    with pytest.raises(FileNotFoundError, match="coco_panoptic"):
+        load_categories("no-such-list")
+
+
+# Bad input: each kind raises naming the path (strict) or comes back as a placeholder (strict=False).
+
+
+def _copy(synthetic, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(synthetic, root)
+    return root
+
+
+def _edit_json(path, edit):
+    document = json.loads(path.read_text())
+    edit(document)
+    path.write_text(json.dumps(document))
+
+
+def _panoptic_bad(kind, root):
+    """Break item 1 of the panoptic copy; returns (dataset factory, a path the error must name)."""
+    json_file = root / "panoptic.json"
+    if kind == "missing file":
+        _edit_json(json_file, lambda d: d["annotations"][1].update(file_name="gone.png"))
+        named = "gone.png"
+    elif kind == "ids not in JSON":
+        _edit_json(json_file, lambda d: d["annotations"][1]["segments_info"].pop())
+        named = str(root / "panoptic" / "000001.png")
+    elif kind == "unknown category":
+        _edit_json(json_file, lambda d: d["annotations"][1]["segments_info"][0].update(category_id=99))
+        named = str(root / "panoptic" / "000001.png")
+    else:  # size mismatch
+        Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(root / "images" / "000001.png")
+        named = str(root / "images" / "000001.png")
+    return lambda strict: COCOPanopticDataset(json_file, root / "images", strict=strict), named
+
+
+def _instance_bad(kind, root):
+    json_file = root / "instances.json"
+    if kind == "missing file":
+        (root / "images" / "000001.png").unlink()
+        named = str(root / "images" / "000001.png")
+    elif kind == "unknown category":
+        _edit_json(json_file, lambda d: [a.update(category_id=99) for a in d["annotations"] if a["image_id"] == 1])
+        named = str(json_file)
+    else:  # size mismatch
+        _edit_json(json_file, lambda d: d["images"][1].update(height=10))
+        named = str(root / "images" / "000001.png")
+    return lambda strict: COCOInstanceDataset(json_file, root / "images", strict=strict), named
+
+
+def _semantic_bad(kind, root):
+    label = root / "semantic" / "000001.png"
+    if kind == "missing file":
+        label.unlink()
+    elif kind == "unknown category":
+        values = np.asarray(Image.open(label)).copy()
+        values[0, 0] = 42  # 8 classes: stored values 1..8
+        Image.fromarray(values).save(label)
+    else:  # size mismatch
+        Image.fromarray(np.ones((10, 12), np.uint8)).save(label)
+    factory = lambda strict: SemanticFolderDataset(  # noqa: E731
+        root / "images", root / "semantic", categories=str(root / "categories.json"), strict=strict
+    )
+    return factory, str(label)
+
+
+BAD_INPUTS = [
+    ("panoptic", kind) for kind in ("missing file", "ids not in JSON", "unknown category", "size mismatch")
+] + [("instance", kind) for kind in ("missing file", "unknown category", "size mismatch")] + [
+    ("semantic", kind) for kind in ("missing file", "unknown category", "size mismatch")
+]
+
+
+@pytest.mark.parametrize("reader, kind", BAD_INPUTS)
+def test_bad_input_strict_and_lenient(synthetic, tmp_path, reader, kind):
+    from mask2former.data.datasets import is_skipped
+
+    make = {"panoptic": _panoptic_bad, "instance": _instance_bad, "semantic": _semantic_bad}[reader]
+    factory, named = make(kind, _copy(synthetic, tmp_path))
+    error = FileNotFoundError if kind == "missing file" else ValueError
+    with pytest.raises(error, match=re.escape(named)):
+        factory(True)[1]
+    lenient = factory(False)
+    placeholder = lenient[1]
+    assert is_skipped(placeholder) and named in placeholder["error"] and "image" not in placeholder
+    assert placeholder["file_name"].endswith("000001.png")
+    assert not is_skipped(lenient[0]) and lenient[0]["image"].shape == (48, 64, 3)
+
+
+def test_empty_dataset_is_an_error_in_both_modes(tmp_path):
+    (tmp_path / "empty.json").write_text(json.dumps({"categories": [], "annotations": [], "images": []}))
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for strict in (True, False):
+        with pytest.raises(ValueError, match="empty"):
+            COCOPanopticDataset(tmp_path / "empty.json", tmp_path, strict=strict)
+        with pytest.raises(ValueError, match="empty"):
+            COCOInstanceDataset(tmp_path / "empty.json", tmp_path, strict=strict)
+        with pytest.raises(ValueError, match="empty"):
+            SemanticFolderDataset(tmp_path / "images", tmp_path / "labels", strict=strict)
+
+
+def test_panoptic_reader_keeps_crowd_for_pq(synthetic, tmp_path):
+    root = _copy(synthetic, tmp_path)
+    document = json.loads((root / "panoptic.json").read_text())
+    crowd = document["annotations"][0]["segments_info"][-1]
+    crowd["iscrowd"] = 1
+    (root / "panoptic.json").write_text(json.dumps(document))
+    item = COCOPanopticDataset(root / "panoptic.json", root / "images")[0]
+    region = item["panoptic_ids"] == crowd["id"]
+    assert region.any() and (item["segmentation_map"][region] == IGNORE_INDEX).all()
+    assert item["panoptic_segments_info"] == document["annotations"][0]["segments_info"]
+    assert len(item["segments_info"]) == len(document["annotations"][0]["segments_info"]) - 1

@@ -8,12 +8,21 @@ Every reader is a ``torch.utils.data.Dataset`` that reads one image at a time fr
   readers: a segment id per pixel, with ``instance_id_to_semantic_id`` giving each segment's contiguous class id.
   Void, crowd and ignored pixels are ``IGNORE_INDEX`` (255) everywhere, and no segment uses that id, so the item
   goes straight into the image processor with ``ignore_index=255``;
-- ``segments_info`` (panoptic, instance): ``id``, ``category_id`` (contiguous), ``iscrowd``, ``area``, ``bbox``.
+- ``segments_info`` (panoptic, instance): ``id``, ``category_id`` (contiguous), ``iscrowd``, ``area``, ``bbox``;
+- COCO panoptic only, for PQ as panopticapi computes it: ``panoptic_ids`` (H, W) int64, the PNG's segment ids as
+  stored (0 = void, crowd segments included), and ``panoptic_segments_info``, the JSON's ``segments_info`` as stored
+  (dataset category ids, JSON areas, ``iscrowd``).
 
 ``dataset.categories`` lists the classes in contiguous order: ``id`` (0..K-1), ``name``, ``isthing``, ``color``
 and, for COCO, ``dataset_id`` (the id used in the annotation files). Category lists of datasets whose annotation
-files carry none (ADE20K, Cityscapes) are JSON files in ``mask2former/data/categories``.
-A malformed file raises an error that names its path and the reason.
+files carry none (ADE20K, Cityscapes), and the COCO lists (``coco_panoptic``: 133 classes, ``coco_instance``: 80), are
+JSON files in ``mask2former/data/categories`` (:func:`load_categories`).
+
+Bad input: a missing or unreadable file, a PNG with segment ids its JSON does not list, an unknown category id, or an
+image whose annotation has another size raises an error naming the path and the reason (``FileNotFoundError`` for a
+missing file, ``ValueError`` otherwise). With ``strict=False`` such an item is returned as ``{"image_id",
+"file_name", "error"}`` (no ``image``) so that a ``DataLoader`` keeps going and the caller counts it (see
+:func:`is_skipped`). An empty dataset is an error in both modes, when the reader is built.
 """
 
 from __future__ import annotations
@@ -34,15 +43,25 @@ IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
+PACKAGED_CATEGORIES = ("ade20k", "cityscapes", "coco_instance", "coco_panoptic")
+
+
 def load_categories(name: str) -> dict[str, Any]:
-    """A packaged category file (``"ade20k"``, ``"cityscapes"``) or a JSON file path."""
+    """A packaged category list or a JSON file path: ``{"name", "categories": [{"id", "name", ...}], ...}``.
+
+    Packaged: ``"ade20k"`` (150, contiguous ids), ``"cityscapes"`` (19 train ids, plus ``labels``: label id -> train
+    id), ``"coco_panoptic"`` (133: ``id``, ``name``, ``isthing``, ``color``, ``supercategory``, exactly panopticapi's
+    ``panoptic_coco_categories.json``), ``"coco_instance"`` (80 things, dataset ids 1..90 with gaps).
+    """
     if os.path.isfile(name):
         with open(name, encoding="utf-8") as handle:
             return json.load(handle)
     try:
         text = resources.files("mask2former.data").joinpath(f"categories/{name}.json").read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise FileNotFoundError(f"no packaged category list {name!r} and no such file") from None
+        raise FileNotFoundError(
+            f"no packaged category list {name!r} and no such file; packaged: {', '.join(PACKAGED_CATEGORIES)}"
+        ) from None
     return json.loads(text)
 
 
@@ -109,20 +128,56 @@ def _contiguous_categories(raw: list[dict]) -> tuple[list[dict], dict[int, int]]
     return categories, to_contiguous
 
 
-class COCOPanopticDataset(Dataset):
+def is_skipped(item: dict[str, Any]) -> bool:
+    """True for the placeholder a ``strict=False`` reader returns instead of a malformed item."""
+    return "error" in item
+
+
+class _Reader(Dataset):
+    """Shared by the readers: ``strict`` decides whether a malformed item raises or comes back as a placeholder."""
+
+    strict: bool = True
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            return self.load(index)
+        except (FileNotFoundError, ValueError) as error:
+            if self.strict:
+                raise
+            image_id, file_name = self.describe(index)
+            return {"image_id": image_id, "file_name": str(file_name), "error": str(error)}
+
+    def load(self, index: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def describe(self, index: int) -> tuple[Any, Any]:
+        """(image_id, image path) of an item, without reading it."""
+        raise NotImplementedError
+
+
+class COCOPanopticDataset(_Reader):
     """COCO panoptic: ``panoptic_*.json`` + a folder of segment-id PNGs (R + 256 G + 256^2 B) + the images.
 
     Args:
         json_file: the panoptic annotation JSON.
         image_root: folder of the images (``file_name`` of the JSON's ``images``).
         panoptic_root: folder of the PNGs (default: the JSON's path without ``.json``, as panopticapi does).
+        strict: raise on a malformed item (default) or return it as a placeholder with its ``error``.
     """
 
     def __init__(
-        self, json_file: str | os.PathLike, image_root: str | os.PathLike, panoptic_root: str | os.PathLike | None = None
+        self,
+        json_file: str | os.PathLike,
+        image_root: str | os.PathLike,
+        panoptic_root: str | os.PathLike | None = None,
+        *,
+        strict: bool = True,
     ) -> None:
         self.json_file = Path(json_file)
         document = read_json(self.json_file)
+        for key in ("categories", "annotations"):
+            if key not in document:
+                raise ValueError(f"{str(self.json_file)!r} has no {key!r}: not a COCO panoptic annotation file")
         self.image_root = Path(image_root)
         self.panoptic_root = Path(panoptic_root) if panoptic_root is not None else self.json_file.with_suffix("")
         self.categories, self.to_contiguous = _contiguous_categories(document["categories"])
@@ -130,43 +185,60 @@ class COCOPanopticDataset(Dataset):
         self.annotations = document["annotations"]
         if not self.annotations:
             raise ValueError(f"{str(self.json_file)!r} has no annotations: the dataset is empty")
-        self.images = [images.get(a["image_id"], {"id": a["image_id"]}) for a in self.annotations]
+        self.images = [images.get(a.get("image_id"), {"id": a.get("image_id")}) for a in self.annotations]
+        self.strict = strict
 
     def __len__(self) -> int:
         return len(self.annotations)
 
     def image_file(self, index: int) -> Path:
         annotation, image = self.annotations[index], self.images[index]
-        name = image.get("file_name") or Path(annotation["file_name"]).with_suffix(".jpg").name
+        name = image.get("file_name") or Path(annotation.get("file_name", f"{image['id']}")).with_suffix(".jpg").name
         return self.image_root / name
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def describe(self, index: int) -> tuple[Any, Path]:
+        return self.annotations[index].get("image_id"), self.image_file(index)
+
+    def load(self, index: int) -> dict[str, Any]:
         annotation = self.annotations[index]
+        for key in ("image_id", "file_name", "segments_info"):
+            if key not in annotation:
+                raise ValueError(f"{str(self.json_file)!r}: annotation {index} has no {key!r}")
         image_path = self.image_file(index)
         label_path = self.panoptic_root / annotation["file_name"]
+        segments_info = annotation["segments_info"]
+        for segment in segments_info:
+            if int(segment["category_id"]) not in self.to_contiguous:
+                raise ValueError(
+                    f"{str(label_path)!r}: segment {segment['id']} has unknown category_id {segment['category_id']} "
+                    f"(not in the categories of {str(self.json_file)!r})"
+                )
         image = read_image(image_path)
         ids = rgb_to_id(read_label_png(label_path)[..., :3])
         _check_size(image, ids, image_path, label_path)
-        known = {int(s["id"]): s for s in annotation["segments_info"]}
-        present = set(np.unique(ids).tolist()) - {0}
-        if present - set(known):
-            raise ValueError(f"{str(label_path)!r} has segment ids {sorted(present - set(known))[:5]} not in the JSON")
-        segmentation = np.full(ids.shape, IGNORE_INDEX, dtype=np.int32)
+
+        # One pass over the map: the ids present and, per pixel, the index of its id among them.
+        present, inverse = np.unique(ids, return_inverse=True)
+        known = {int(s["id"]) for s in segments_info}
+        unknown = [label for label in present.tolist() if label != 0 and label not in known]
+        if unknown:
+            raise ValueError(f"{str(label_path)!r} has segment ids {unknown[:5]} that its JSON entry does not list")
+        areas = np.bincount(inverse.reshape(-1), minlength=len(present))
+        position = {label: i for i, label in enumerate(present.tolist())}
+        # Crowd and void pixels are IGNORE_INDEX for the processor; crowd stays in panoptic_segments_info for PQ.
+        kept = [s for s in segments_info if not s.get("iscrowd", 0) and int(s["id"]) in position]
+        table = np.full(len(present), IGNORE_INDEX, dtype=np.int32)
         mapping, segments = {}, []
-        kept = [s for s in annotation["segments_info"] if not s.get("iscrowd", 0) and int(s["id"]) in present]
         for number, segment in zip(_segment_numbers(len(kept)), kept):
-            category = int(segment["category_id"])
-            if category not in self.to_contiguous:
-                raise ValueError(f"{str(self.json_file)!r}: segment {segment['id']} has unknown category_id {category}")
-            region = ids == int(segment["id"])
-            segmentation[region] = number
-            mapping[number] = self.to_contiguous[category]
+            category = self.to_contiguous[int(segment["category_id"])]
+            table[position[int(segment["id"])]] = number
+            mapping[number] = category
             segments.append(
                 {
                     "id": number,
-                    "category_id": self.to_contiguous[category],
+                    "category_id": category,
                     "iscrowd": 0,
-                    "area": int(region.sum()),
+                    "area": int(areas[position[int(segment["id"])]]),
                     "bbox": segment.get("bbox"),
                 }
             )
@@ -174,20 +246,27 @@ class COCOPanopticDataset(Dataset):
             "image": image,
             "image_id": annotation["image_id"],
             "file_name": str(image_path),
-            "segmentation_map": segmentation,
+            "segmentation_map": table[inverse].reshape(ids.shape),
             "instance_id_to_semantic_id": mapping,
             "segments_info": segments,
+            "panoptic_ids": ids,
+            "panoptic_segments_info": segments_info,
         }
 
 
-class COCOInstanceDataset(Dataset):
+class COCOInstanceDataset(_Reader):
     """COCO instances: ``instances_*.json`` (polygons, RLE, crowd) + the images, through pycocotools.
 
     Overlapping instances are painted largest first, so a smaller object in front stays visible; crowd regions are
     ``IGNORE_INDEX``. ``annotations`` of an item keeps the raw ground truth for mask AP.
+
+    Args:
+        json_file: the instances annotation JSON.
+        image_root: folder of the images.
+        strict: raise on a malformed item (default) or return it as a placeholder with its ``error``.
     """
 
-    def __init__(self, json_file: str | os.PathLike, image_root: str | os.PathLike) -> None:
+    def __init__(self, json_file: str | os.PathLike, image_root: str | os.PathLike, *, strict: bool = True) -> None:
         import contextlib
         import io
 
@@ -204,13 +283,27 @@ class COCOInstanceDataset(Dataset):
         self.image_ids = sorted(self.coco.imgs)
         if not self.image_ids:
             raise ValueError(f"{str(self.json_file)!r} has no images: the dataset is empty")
+        self.strict = strict
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def describe(self, index: int) -> tuple[Any, Path]:
         info = self.coco.imgs[self.image_ids[index]]
+        return info["id"], self.image_root / str(info.get("file_name", info["id"]))
+
+    def load(self, index: int) -> dict[str, Any]:
+        info = self.coco.imgs[self.image_ids[index]]
+        if "file_name" not in info:
+            raise ValueError(f"{str(self.json_file)!r}: image {info['id']} has no 'file_name'")
         image_path = self.image_root / info["file_name"]
+        annotations = self.coco.imgToAnns.get(info["id"], [])
+        for annotation in annotations:
+            if int(annotation["category_id"]) not in self.to_contiguous:
+                raise ValueError(
+                    f"{str(self.json_file)!r}: annotation {annotation.get('id')} of {str(image_path)!r} has unknown "
+                    f"category_id {annotation['category_id']}"
+                )
         image = read_image(image_path)
         height, width = image.shape[:2]
         if (info.get("height", height), info.get("width", width)) != (height, width):
@@ -218,7 +311,6 @@ class COCOInstanceDataset(Dataset):
                 f"size mismatch: {str(image_path)!r} is {width}x{height}, {str(self.json_file)!r} says "
                 f"{info.get('width')}x{info.get('height')}"
             )
-        annotations = self.coco.imgToAnns.get(info["id"], [])
         segmentation = np.full((height, width), IGNORE_INDEX, dtype=np.int32)
         crowd = np.zeros((height, width), dtype=bool)
         things = [a for a in annotations if not a.get("iscrowd", 0)]
@@ -226,9 +318,13 @@ class COCOInstanceDataset(Dataset):
         mapping, segments = {}, []
         for annotation in sorted(annotations, key=lambda a: -float(a.get("area", 0))):
             category = int(annotation["category_id"])
-            if category not in self.to_contiguous:
-                raise ValueError(f"{str(self.json_file)!r}: annotation {annotation.get('id')} has unknown category_id {category}")
-            mask = self.coco.annToMask(annotation).astype(bool)
+            try:
+                mask = self.coco.annToMask(annotation).astype(bool)
+            except (KeyError, TypeError, IndexError, ValueError) as error:
+                raise ValueError(
+                    f"{str(self.json_file)!r}: annotation {annotation.get('id')} of {str(image_path)!r} has an "
+                    f"unreadable segmentation: {error!r}"
+                ) from None
             if annotation.get("iscrowd", 0):
                 crowd |= mask
                 continue
@@ -251,13 +347,14 @@ class COCOInstanceDataset(Dataset):
         }
 
 
-class SemanticFolderDataset(Dataset):
+class SemanticFolderDataset(_Reader):
     """ADE20K layout: ``image_dir/NAME.jpg`` with ``annotation_dir/NAME.png`` of class values.
 
     Args:
         image_dir, annotation_dir: the two folders (matched by file stem).
         categories: a packaged category list name or a JSON file (default "ade20k").
         reduce_labels: value 0 ("other") becomes ``IGNORE_INDEX`` and k becomes k - 1 (ADE20K's convention).
+        strict: raise on a malformed item (default) or return it as a placeholder with its ``error``.
     """
 
     def __init__(
@@ -266,6 +363,8 @@ class SemanticFolderDataset(Dataset):
         annotation_dir: str | os.PathLike,
         categories: str = "ade20k",
         reduce_labels: bool = True,
+        *,
+        strict: bool = True,
     ) -> None:
         self.image_dir, self.annotation_dir = Path(image_dir), Path(annotation_dir)
         for folder, what in ((self.image_dir, "image_dir"), (self.annotation_dir, "annotation_dir")):
@@ -279,11 +378,15 @@ class SemanticFolderDataset(Dataset):
         self.images = sorted(p for p in self.image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.images:
             raise ValueError(f"no images in {str(self.image_dir)!r}: the dataset is empty")
+        self.strict = strict
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def describe(self, index: int) -> tuple[Any, Path]:
+        return self.images[index].stem, self.images[index]
+
+    def load(self, index: int) -> dict[str, Any]:
         image_path = self.images[index]
         label_path = self.annotation_dir / f"{image_path.stem}.png"
         image = read_image(image_path)
@@ -291,20 +394,37 @@ class SemanticFolderDataset(Dataset):
         if label.ndim != 2:
             raise ValueError(f"{str(label_path)!r} must be a single-channel PNG of class values, got shape {label.shape}")
         _check_size(image, label, image_path, label_path)
-        label = label.astype(np.int32)
+        if label.dtype.kind not in "ui":
+            label = label.astype(np.int64)
+        if label.size and label.min() < 0:
+            raise ValueError(f"{str(label_path)!r} has negative class values")
+        # A lookup table maps stored values to class ids (IGNORE_INDEX for 0 with reduce_labels, and for 255).
+        values = np.bincount(label.reshape(-1), minlength=1)
+        num_classes = len(self.categories)
+        table = np.arange(max(len(values), IGNORE_INDEX + 1), dtype=np.int32)
         if self.reduce_labels:
-            label = np.where(label == 0, IGNORE_INDEX, label - 1)
-        unknown = set(np.unique(label).tolist()) - set(range(len(self.categories))) - {IGNORE_INDEX}
+            table[0], table[1:] = IGNORE_INDEX, table[1:] - 1
+            table[IGNORE_INDEX] = IGNORE_INDEX  # 255 stays the ignore label rather than becoming 254
+        present = np.flatnonzero(values)
+        unknown = [int(v) for v in present if table[v] != IGNORE_INDEX and table[v] >= num_classes]
         if unknown:
-            raise ValueError(f"{str(label_path)!r} has class values {sorted(unknown)[:5]} outside the category list")
-        return {"image": image, "image_id": image_path.stem, "file_name": str(image_path), "segmentation_map": label}
+            raise ValueError(
+                f"{str(label_path)!r} has class values {unknown[:5]} outside the category list ({num_classes} classes)"
+            )
+        return {"image": image, "image_id": image_path.stem, "file_name": str(image_path), "segmentation_map": table[label]}
 
 
-class CityscapesSemanticDataset(Dataset):
+class CityscapesSemanticDataset(_Reader):
     """Cityscapes ``leftImg8bit/SPLIT/CITY/*_leftImg8bit.png`` with ``gtFine/SPLIT/CITY/*_gtFine_labelIds.png``,
-    label ids mapped to the 19 train ids (others ``IGNORE_INDEX``)."""
+    label ids mapped to the 19 train ids (others ``IGNORE_INDEX``).
 
-    def __init__(self, root: str | os.PathLike, split: str = "val") -> None:
+    Args:
+        root: the Cityscapes folder (holding ``leftImg8bit`` and ``gtFine``).
+        split: "train", "val" or "test".
+        strict: raise on a malformed item (default) or return it as a placeholder with its ``error``.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str = "val", *, strict: bool = True) -> None:
         self.root = Path(root)
         table = load_categories("cityscapes")
         self.categories = [dict(c) for c in table["categories"]]
@@ -318,15 +438,21 @@ class CityscapesSemanticDataset(Dataset):
         if not self.images:
             raise ValueError(f"no *_leftImg8bit.png images under {str(image_root)!r}: the dataset is empty")
         self.split = split
+        self.strict = strict
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def describe(self, index: int) -> tuple[Any, Path]:
+        return self.images[index].name.removesuffix("_leftImg8bit.png"), self.images[index]
+
+    def load(self, index: int) -> dict[str, Any]:
         image_path = self.images[index]
         stem = image_path.name.removesuffix("_leftImg8bit.png")
         label_path = self.root / "gtFine" / self.split / image_path.parent.name / f"{stem}_gtFine_labelIds.png"
         image = read_image(image_path)
         label = read_label_png(label_path)
+        if label.ndim != 2 or label.dtype != np.uint8:
+            raise ValueError(f"{str(label_path)!r} must be an 8-bit single-channel PNG of label ids, got {label.dtype} {label.shape}")
         _check_size(image, label, image_path, label_path)
         return {"image": image, "image_id": stem, "file_name": str(image_path), "segmentation_map": self.lookup[label]}
