@@ -39,8 +39,8 @@ def test_bad_pixel_mask(model):
         model(torch.randn(1, 3, 64, 64), pixel_mask=torch.ones(1, 32, 32))
 
 
-def test_labels_are_not_supported_yet(model):
-    with pytest.raises(NotImplementedError, match="loss is not implemented"):
+def test_float_class_labels_are_rejected(model):
+    with pytest.raises(ValueError, match=r"class_labels\[0\] must hold integer class ids, got dtype torch.float32"):
         model(torch.randn(1, 3, 64, 64), mask_labels=[torch.zeros(1, 64, 64)], class_labels=[torch.zeros(1)])
 
 

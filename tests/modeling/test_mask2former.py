@@ -110,3 +110,125 @@ def test_base_model_outputs_every_prediction(tiny_checkpoint):
     assert len(outputs.masks_queries_logits) == 4  # initial prediction + 3 layers
     assert outputs.transformer_decoder_last_hidden_state.shape == (1, 10, 32)
     assert "masks_queries_logits" in outputs.keys()
+
+
+# ---------------------------------------------------------------------- training loss
+
+
+def training_targets(seed: int = 0, size: int = 64):
+    """Targets of a batch of 2: three objects, then an image with no object."""
+    generator = torch.Generator().manual_seed(seed)
+    mask_labels = [(torch.rand(3, size, size, generator=generator) > 0.5).float(), torch.zeros(0, size, size)]
+    class_labels = [torch.tensor([0, 2, 4]), torch.zeros(0, dtype=torch.long)]
+    return mask_labels, class_labels
+
+
+def test_loss_matches_transformers(tiny_checkpoint):
+    directory, reference = tiny_checkpoint
+    ours = Mask2FormerForUniversalSegmentation.from_pretrained(directory).eval()
+    pixel_values = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    mask_labels, class_labels = training_targets()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        theirs = reference(pixel_values, mask_labels=mask_labels, class_labels=class_labels, output_auxiliary_logits=True)
+        torch.manual_seed(1)  # the forward pass draws no random numbers in eval mode: same points as in the forward
+        expected = reference.get_loss_dict(
+            theirs.masks_queries_logits, theirs.class_queries_logits, mask_labels, class_labels, theirs.auxiliary_logits
+        )
+        torch.manual_seed(1)
+        mine = ours(pixel_values, mask_labels=mask_labels, class_labels=class_labels)
+    torch.testing.assert_close(mine.loss, theirs.loss, atol=1e-4, rtol=0)
+    assert list(mine.loss_dict) == list(expected) and len(expected) == 3 * 4  # last + 3 auxiliary predictions
+    for name, value in mine.loss_dict.items():
+        torch.testing.assert_close(value, expected[name], atol=1e-4, rtol=0, msg=name)
+    assert "loss" in mine.keys() and "loss_dict" in mine.keys()
+
+
+def test_loss_backward_gives_finite_gradients(tiny_checkpoint):
+    directory, _ = tiny_checkpoint
+    model = Mask2FormerForUniversalSegmentation.from_pretrained(directory).train()
+    mask_labels, class_labels = training_targets(1)
+    torch.manual_seed(0)
+    outputs = model(torch.randn(2, 3, 64, 64), mask_labels=mask_labels, class_labels=class_labels)
+    assert torch.isfinite(outputs.loss)
+    outputs.loss.backward()
+    unused = [name for name, parameter in model.named_parameters() if parameter.grad is None]
+    assert unused == []
+    for name, parameter in model.named_parameters():
+        assert torch.isfinite(parameter.grad).all(), name
+    assert model.class_head.weight.grad.abs().sum() > 0
+
+
+def test_loss_under_autocast_bfloat16_with_an_image_without_objects(tiny_checkpoint):
+    directory, _ = tiny_checkpoint
+    model = Mask2FormerForUniversalSegmentation.from_pretrained(directory).train()
+    mask_labels, class_labels = training_targets(2)
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = model(torch.randn(2, 3, 64, 64), mask_labels=mask_labels, class_labels=class_labels)
+    assert outputs.loss.dtype == torch.float32 and torch.isfinite(outputs.loss)
+    assert all(torch.isfinite(value) for value in outputs.loss_dict.values())
+    outputs.loss.backward()
+    grads = [parameter.grad for parameter in model.parameters() if parameter.grad is not None]
+    assert grads and all(torch.isfinite(grad).all() for grad in grads)
+
+
+def test_loss_without_auxiliary_predictions_and_without_config():
+    from mask2former import Mask2FormerConfig, SwinConfig
+    from mask2former.modeling.build import build_mask2former_parts
+    from mask2former.training import Mask2FormerCriterion
+    from tests.conftest import TINY_MASK2FORMER, TINY_SWIN
+
+    config = Mask2FormerConfig(
+        backbone_config=SwinConfig(**TINY_SWIN), num_labels=5, use_auxiliary_loss=False, **TINY_MASK2FORMER
+    )
+    torch.manual_seed(0)
+    model = Mask2FormerForUniversalSegmentation.from_config(config).eval()
+    pixel_values, (mask_labels, class_labels) = torch.randn(2, 3, 64, 64), training_targets()
+    with torch.no_grad():
+        outputs = model(pixel_values, mask_labels=mask_labels, class_labels=class_labels)
+    assert list(outputs.loss_dict) == ["loss_mask", "loss_dice", "loss_cross_entropy"]
+    torch.testing.assert_close(outputs.loss, sum(outputs.loss_dict.values()))
+    assert outputs.auxiliary_logits is None
+
+    bare = Mask2FormerForUniversalSegmentation(**build_mask2former_parts(config), num_labels=5, hidden_dim=32)
+    with torch.no_grad():
+        outputs = bare.eval()(pixel_values, mask_labels=mask_labels, class_labels=class_labels)
+    assert len(outputs.loss_dict) == 12  # no config: the paper's defaults, auxiliary losses included
+    assert isinstance(bare.criterion, Mask2FormerCriterion) and bare.criterion.class_weight == 2.0
+    assert bare.criterion.num_labels == 5
+
+
+@pytest.mark.parametrize(
+    "targets, message",
+    [
+        ({"mask_labels": [torch.zeros(1, 64, 64)]}, "mask_labels was given without class_labels"),
+        ({"class_labels": [torch.tensor([1])]}, "class_labels was given without mask_labels"),
+        (
+            {"mask_labels": [torch.zeros(1, 64, 64)], "class_labels": [torch.tensor([1])]},
+            r"mask_labels must have one entry per image \(B=2\), got 1",
+        ),
+        (
+            {"mask_labels": [torch.zeros(1, 64, 64)] * 2, "class_labels": [torch.tensor([1]), torch.tensor([5])]},
+            r"class_labels\[1\] must hold class ids in \[0, 5\)",
+        ),
+        (
+            {"mask_labels": [torch.zeros(1, 64, 64), torch.zeros(1, 32, 32)], "class_labels": [torch.tensor([1])] * 2},
+            r"mask_labels\[1\] must have shape \(N, 64, 64\) \(pixel_values' size\), got \(1, 32, 32\)",
+        ),
+        (
+            {"mask_labels": [torch.zeros(2, 64, 64)] * 2, "class_labels": [torch.tensor([1])] * 2},
+            r"mask_labels\[0\] has 2 masks but class_labels\[0\] has 1 classes",
+        ),
+    ],
+)
+def test_bad_targets_are_reported_before_running(tiny_checkpoint, targets, message, monkeypatch):
+    directory, _ = tiny_checkpoint
+    model = Mask2FormerForUniversalSegmentation.from_pretrained(directory)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the network ran before the targets were checked")
+
+    monkeypatch.setattr(model.backbone, "forward", fail)
+    with pytest.raises(ValueError, match=message):
+        model(torch.randn(2, 3, 64, 64), **targets)

@@ -8,13 +8,16 @@ what the released checkpoints hold. Both keep the public names of ``transformers
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from ..config import Mask2FormerConfig
 from .outputs import Mask2FormerForUniversalSegmentationOutput, Mask2FormerModelOutput
+
+if TYPE_CHECKING:  # imported at first use: the training package may import the model
+    from ..training.criterion import Mask2FormerCriterion
 
 
 class Mask2FormerModel(nn.Module):
@@ -134,11 +137,30 @@ class Mask2FormerForUniversalSegmentation(Mask2FormerModel):
             backbone=backbone, pixel_decoder=pixel_decoder, transformer_decoder=transformer_decoder, config=config
         )
         self.class_head = nn.Linear(hidden_dim, num_labels + 1)
+        # The training loss, built from the config at its first use (see `loss_criterion`); assign to replace it.
+        self.criterion: Mask2FormerCriterion | None = None
 
     @classmethod
     def from_config(cls, config: Mask2FormerConfig, **kwargs: Any) -> Mask2FormerForUniversalSegmentation:
         """A randomly initialized model of this architecture."""
         return super().from_config(config, num_labels=config.num_labels, hidden_dim=config.hidden_dim, **kwargs)
+
+    @property
+    def num_labels(self) -> int:
+        """K, the number of classes without "no object"."""
+        return self.class_head.out_features - 1
+
+    def loss_criterion(self) -> Mask2FormerCriterion:
+        """The criterion ``forward`` uses with targets: ``criterion`` if set, else one built from the config (the
+        default weights of the paper when the model has no config), kept in ``criterion``."""
+        if self.criterion is None:
+            from ..training.criterion import Mask2FormerCriterion
+
+            if self.config is not None:
+                self.criterion = Mask2FormerCriterion.from_config(self.config)
+            else:
+                self.criterion = Mask2FormerCriterion(num_labels=self.num_labels)
+        return self.criterion
 
     def forward(
         self,
@@ -154,39 +176,62 @@ class Mask2FormerForUniversalSegmentation(Mask2FormerModel):
         Args:
             pixel_values: (B, 3, H, W) normalized images.
             pixel_mask: (B, H, W); accepted and not used (see :meth:`Mask2FormerModel.forward`).
-            mask_labels, class_labels: training targets; the loss is not implemented yet.
+            mask_labels: training targets, B tensors (N_i, H, W) of 0/1 masks at the size of ``pixel_values`` (the
+                image processor's ``mask_labels``); with ``class_labels``, the loss is computed.
+            class_labels: B int64 tensors (N_i,), the class in [0, K) of each mask. An image may have no target
+                (N_i = 0): all its queries then learn "no object".
             output_auxiliary_logits: also return the predictions of the earlier layers (default: the config's
                 ``output_auxiliary_logits``, else False).
             output_hidden_states: also return the hidden states.
 
         Returns:
             :class:`Mask2FormerForUniversalSegmentationOutput` with ``class_queries_logits`` (B, Q, K + 1) and
-            ``masks_queries_logits`` (B, Q, H/4, W/4).
+            ``masks_queries_logits`` (B, Q, H/4, W/4); with targets also ``loss`` (a scalar, the sum of ``loss_dict``)
+            and ``loss_dict`` (the weighted terms of the last prediction and, if the config's
+            ``use_auxiliary_loss``, of every earlier one; see :class:`~mask2former.training.Mask2FormerCriterion`).
         """
-        if mask_labels is not None or class_labels is not None:
-            raise NotImplementedError(
-                "training targets (mask_labels, class_labels) were given, but the Mask2Former loss is not implemented "
-                "yet; call the model without them for inference"
+        with_targets = mask_labels is not None or class_labels is not None
+        if with_targets:
+            from ..training.criterion import validate_targets
+
+            self._check_inputs(pixel_values, pixel_mask)
+            validate_targets(
+                mask_labels,
+                class_labels,
+                batch_size=pixel_values.shape[0],
+                num_labels=self.num_labels,
+                image_size=tuple(pixel_values.shape[2:]),
             )
         outputs = super().forward(pixel_values, pixel_mask, output_hidden_states)
         states = torch.stack(outputs.transformer_decoder_intermediate_states)  # (T, B, Q, C), T predictions
         class_logits = self.class_head(states)  # (T, B, Q, K + 1)
         if output_auxiliary_logits is None and self.config is not None:
             output_auxiliary_logits = self.config.output_auxiliary_logits
-        auxiliary = None
-        if output_auxiliary_logits:
-            auxiliary = [
-                {"class_queries_logits": classes, "masks_queries_logits": masks}
-                for classes, masks in zip(class_logits[:-1], outputs.masks_queries_logits[:-1])
-            ]
+        earlier = [
+            {"class_queries_logits": classes, "masks_queries_logits": masks}
+            for classes, masks in zip(class_logits[:-1], outputs.masks_queries_logits[:-1])
+        ]
+        loss = loss_dict = None
+        if with_targets:
+            use_auxiliary_loss = self.config.use_auxiliary_loss if self.config is not None else True
+            loss_dict = self.loss_criterion()(
+                class_logits[-1],
+                outputs.masks_queries_logits[-1],
+                mask_labels,
+                class_labels,
+                auxiliary_predictions=earlier if use_auxiliary_loss else None,
+            )
+            loss = sum(loss_dict.values())
         return Mask2FormerForUniversalSegmentationOutput(
             class_queries_logits=class_logits[-1],
             masks_queries_logits=outputs.masks_queries_logits[-1],
-            auxiliary_logits=auxiliary,
+            auxiliary_logits=earlier if output_auxiliary_logits else None,
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             pixel_decoder_last_hidden_state=outputs.pixel_decoder_last_hidden_state,
             transformer_decoder_last_hidden_state=outputs.transformer_decoder_last_hidden_state,
             encoder_hidden_states=outputs.encoder_hidden_states,
             pixel_decoder_hidden_states=outputs.pixel_decoder_hidden_states,
             transformer_decoder_hidden_states=outputs.transformer_decoder_hidden_states,
+            loss=loss,
+            loss_dict=loss_dict,
         )

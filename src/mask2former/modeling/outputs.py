@@ -55,7 +55,9 @@ class Mask2FormerForUniversalSegmentationOutput(_Output):
         masks_queries_logits: (B, Q, H/4, W/4) mask logits of the last prediction.
         auxiliary_logits: when asked for, the earlier predictions (initial + all layers but the last), each a dict
             with ``class_queries_logits`` and ``masks_queries_logits``.
-        loss: the training loss (not computed yet).
+        loss: when ``mask_labels`` and ``class_labels`` are given, the training loss: the sum of ``loss_dict``.
+        loss_dict: the weighted loss terms (``loss_mask``, ``loss_dice``, ``loss_cross_entropy``, then the same with
+            suffix ``_i`` for auxiliary prediction i), as ``transformers``' ``get_loss_dict`` returns them.
         The remaining fields are those of :class:`Mask2FormerModelOutput`.
     """
 
@@ -69,3 +71,4 @@ class Mask2FormerForUniversalSegmentationOutput(_Output):
     pixel_decoder_hidden_states: tuple[Tensor, ...] | None = None
     transformer_decoder_hidden_states: tuple[Tensor, ...] | None = None
     loss: Tensor | None = None
+    loss_dict: dict[str, Tensor] | None = None
