@@ -6,7 +6,6 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
 
 DESCRIPTION = """\
 Score a model on a dataset, or score saved predictions without a model (--predictions).
@@ -18,9 +17,21 @@ Datasets (--dataset):
   cityscapes      --images CITYSCAPES_ROOT [--split val]
 Saved predictions (--predictions): panoptic: a COCO panoptic JSON with its PNG folder beside it (same name without
 .json); instance: a COCO results JSON (image_id, category_id as in the annotations, RLE segmentation, score);
-semantic: a folder of PNGs named like the images, holding contiguous class ids.
+semantic: a folder of PNGs named like the images, holding contiguous class ids; or the folder that
+--save-predictions wrote (DIR/panoptic.json + DIR/panoptic/, DIR/instances_results.json, DIR/semantic/).
+A malformed image (missing file, PNG ids not in the JSON, unknown category id, size mismatch) is an error naming
+its path; with --strict false it is skipped and counted in the summary and the report.
 Prints a table and writes the full report as JSON (--out).
 """
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "yes", "1", "on"):
+        return True
+    if lowered in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def add_parser(subcommands: argparse._SubParsersAction) -> None:
@@ -42,6 +53,14 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default cpu)")
     parser.add_argument("--out", default="evaluation.json", help="JSON report (default evaluation.json)")
+    parser.add_argument(
+        "--strict", type=_boolean, metavar="{true,false}", default=argparse.SUPPRESS,
+        help="true (default): a malformed image is an error; false: skip and count it",
+    )
+    parser.add_argument(
+        "--save-predictions", metavar="DIR", default=argparse.SUPPRESS,
+        help="write the predictions in the COCO formats into DIR (scorable later with --predictions DIR)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -59,48 +78,6 @@ def build_dataset(args: argparse.Namespace):
     return datasets.CityscapesSemanticDataset(args.images, split=args.split)
 
 
-def score_predictions(args: argparse.Namespace, dataset) -> dict:
-    """Score saved predictions against the dataset's ground truth."""
-    from ..data.datasets import IGNORE_INDEX, read_label_png
-    from ..evaluation import MaskAP, SemSegMetric, pq_compute
-
-    predictions = Path(args.predictions)
-    if args.task == "panoptic":
-        if args.dataset != "coco-panoptic":
-            raise ValueError("panoptic predictions are scored against --dataset coco-panoptic")
-        return pq_compute(args.annotations, predictions, args.panoptic_root, None)
-    if args.task == "semantic":
-        metric = SemSegMetric(len(dataset.categories), ignore_label=IGNORE_INDEX)
-        for index in range(len(dataset) if args.limit is None else min(args.limit, len(dataset))):
-            item = dataset[index]
-            stem = Path(item["file_name"]).stem
-            candidates = [predictions / f"{stem}.png", predictions / f"{stem}.label.png"]  # ours, or `predict`'s
-            path = next((c for c in candidates if c.is_file()), candidates[0])
-            metric.update(read_label_png(path), item["segmentation_map"])
-        return metric.compute()
-    with open(predictions, encoding="utf-8") as handle:
-        results = json.load(handle)
-    results = results["annotations"] if isinstance(results, dict) else results
-    by_image: dict = {}
-    for result in results:
-        by_image.setdefault(result["image_id"], []).append(result)
-    to_contiguous = getattr(dataset, "to_contiguous", {})
-    metric = MaskAP(dataset.categories)
-    for index in range(len(dataset) if args.limit is None else min(args.limit, len(dataset))):
-        item = dataset[index]
-        height, width = item["image"].shape[:2]
-        truth = [
-            {"category_id": to_contiguous[a["category_id"]], "segmentation": a["segmentation"], "iscrowd": a.get("iscrowd", 0)}
-            for a in item.get("annotations", [])
-        ]
-        detections = [
-            {**r, "category_id": to_contiguous.get(r["category_id"], r["category_id"])}
-            for r in by_image.get(item["image_id"], [])
-        ]
-        metric.update(item["image_id"], height, width, truth, detections)
-    return metric.compute()
-
-
 def _table(task: str, report: dict) -> str:
     if task == "panoptic":
         rows = [f"{'':8}{'PQ':>8}{'SQ':>8}{'RQ':>8}{'#cls':>6}"]
@@ -112,22 +89,42 @@ def _table(task: str, report: dict) -> str:
     return "  ".join(f"{key} {report[key]:.2f}" if not math.isnan(report[key]) else f"{key} nan" for key in keys)
 
 
+def _summary(report: dict) -> str:
+    skipped = report.get("skipped", {"count": 0})
+    lines = [f"{report['images']} images scored"]
+    if skipped["count"]:
+        lines[0] += f", {skipped['count']} malformed images skipped (--strict false); first:"
+        lines += [f"  {example['file_name']}: {example['reason']}" for example in skipped["examples"]]
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
+    options = {key: getattr(args, key) for key in ("strict",) if hasattr(args, key)}
+    if args.predictions and hasattr(args, "save_predictions"):
+        print("error: --save-predictions needs --model (--predictions are saved already)", file=sys.stderr)
+        return 2
     try:
         dataset = build_dataset(args)
         if args.predictions:
-            report = score_predictions(args, dataset)
+            from ..evaluation.evaluate import score_predictions
+
+            report = score_predictions(args.predictions, dataset, args.task, limit=args.limit, progress=True, **options)
         else:
             from ..evaluation.evaluate import evaluate
             from ..segmenter import Segmenter
 
+            if hasattr(args, "save_predictions"):
+                options["save_predictions"] = args.save_predictions
             segmenter = Segmenter.from_pretrained(args.model, device=args.device)
-            report = evaluate(segmenter, dataset, args.task, batch_size=args.batch_size, limit=args.limit)
+            report = evaluate(segmenter, dataset, args.task, batch_size=args.batch_size, limit=args.limit, **options)
     except (FileNotFoundError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(_table(args.task, report))
+    print(_summary(report))
     with open(args.out, "w", encoding="utf-8") as handle:
         json.dump(report, handle, indent=1, default=float)
     print(f"report written to {args.out}")
+    if hasattr(args, "save_predictions"):
+        print(f"predictions written to {args.save_predictions}")
     return 0
