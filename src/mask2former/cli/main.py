@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from . import demo, evaluate, make_synthetic, predict
+from . import train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     make_synthetic.add_parser(subcommands)
     predict.add_parser(subcommands)
     evaluate.add_parser(subcommands)
+    train.add_parser(subcommands)
     return parser
 
 

@@ -1,0 +1,103 @@
+"""Checkpoints lose nothing: 6 steps in one run equal 3 + 3 with a resume in between, bit for bit; a signal stops a
+run cleanly with a checkpoint; a checkpoint of another architecture is refused before any step."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import mask2former
+from mask2former.training.checkpoint import list_checkpoints, load_checkpoint
+from mask2former.training.trainer import Trainer, train
+
+from .test_trainer import one_thread, synthetic_run, write_tiny_model_config  # noqa: F401 (fixture)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same 6-step schedule run straight through, and stopped after step 3 then resumed with --resume auto."""
+    root = tmp_path_factory.mktemp("resume")
+    model = write_tiny_model_config(root / "model")
+    # Crosses an epoch boundary (8 images, batch 2) and uses augmentation; the interrupted run loads with workers.
+    options = dict(max_steps=6, synthetic_image_size=80, color_jitter=0.2)
+    straight = train(synthetic_run(model, root / "straight", **options))
+    first = train(synthetic_run(model, root / "resumed", num_workers=2, save_every=2, **options), stop_at_step=3)
+    second = train(synthetic_run(model, root / "resumed", resume="auto", **options))
+    return root, model, straight, first, second
+
+
+def test_resume_is_exact(runs):
+    root, _, straight, first, second = runs
+    assert first.interrupted and first.step == 3 and first.final_dir is None
+    assert first.checkpoint == root / "resumed" / "checkpoints" / "checkpoint-00000003.pt"
+    assert second.step == 6 and len(second.losses) == 3
+    assert first.losses + second.losses == straight.losses  # bit-identical losses at every step
+    logged = [json.loads(line) for line in (root / "resumed" / "log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in logged] == [1, 2, 3, 4, 5, 6]
+    a = load_file(root / "straight" / "final" / "model.safetensors")
+    b = load_file(root / "resumed" / "final" / "model.safetensors")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_checkpoint_contents(runs):
+    root, *_ = runs
+    assert [p.name for p in list_checkpoints(root / "resumed")] == ["checkpoint-00000003.pt", "checkpoint-00000006.pt"]
+    state = load_checkpoint(root / "resumed" / "checkpoints" / "checkpoint-00000006.pt")  # weights_only=True
+    assert state["step"] == 6 and state["config"]["max_steps"] == 6
+    assert {"model", "model_config", "optimizer", "scheduler", "scaler", "rng"} <= set(state)
+    assert {"python", "numpy", "torch", "cuda"} == set(state["rng"][0])
+    assert not list((root / "resumed" / "checkpoints").glob("*.tmp"))  # atomic writes leave no temporary file
+
+
+def test_wrong_checkpoints_are_refused_before_any_step(runs, tmp_path):
+    root, model, *_ = runs
+    checkpoint = str(root / "resumed" / "checkpoints" / "checkpoint-00000003.pt")
+    other = write_tiny_model_config(tmp_path / "other", num_queries=8)
+    with pytest.raises(ValueError, match=r"another architecture(.|\n)*num_queries: checkpoint 6, model 8"):
+        Trainer(synthetic_run(other, tmp_path / "a", resume=checkpoint))
+    with pytest.raises(ValueError, match="is a model folder"):
+        Trainer(synthetic_run(model, tmp_path / "b", resume=str(root / "straight" / "final")))
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a mask2former training checkpoint"):
+        Trainer(synthetic_run(model, tmp_path / "c", resume=str(garbage)))
+    torch.save({"weights": torch.zeros(1)}, garbage)
+    with pytest.raises(ValueError, match="not a mask2former training checkpoint"):
+        Trainer(synthetic_run(model, tmp_path / "d", resume=str(garbage)))
+    assert not (tmp_path / "a" / "log.jsonl").exists()
+    # "auto" without a checkpoint starts from scratch
+    assert Trainer(synthetic_run(model, tmp_path / "e", resume="auto")).step == 0
+
+
+def test_sigterm_saves_and_stops(runs, tmp_path):
+    _, model, *_ = runs
+    out = tmp_path / "run"
+    source = str(Path(mask2former.__file__).parents[1])
+    env = dict(os.environ, PYTHONPATH=source + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    command = [
+        sys.executable, "-m", "mask2former", "train", "--model", model, "--dataset", "synthetic",
+        "--synthetic-train-images", "8", "--synthetic-val-images", "0", "--synthetic-image-size", "64",
+        "--crop-size", "64", "--batch-size", "2", "--max-steps", "200", "--log-every", "1", "--num-workers", "1",
+        "--no-progress", "--output-dir", str(out),
+    ]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = out / "log.jsonl"
+    deadline = time.monotonic() + 60
+    while not (log.is_file() and log.read_text()) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 130, output
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert "continue with --resume auto" in output
+    checkpoints = list_checkpoints(out)
+    assert len(checkpoints) == 1 and load_checkpoint(checkpoints[0])["step"] == steps[-1] < 200
+    assert not (out / "final").exists()
+    assert Trainer(synthetic_run(model, out, max_steps=200, resume="auto")).step == steps[-1]
