@@ -29,10 +29,8 @@ import statistics
 import time
 
 import torch
-
-
-
 from allocator import add_allocator_argument, allocator_label, rerun_under_both_allocators
+
 
 def model_like_outputs(num_classes: int, *, queries: int = 100, size: int = 96, regions: int = 15, seed: int = 0):
     """(1, Q, K+1) class logits and (1, Q, size, size) mask logits resembling a trained model's."""

@@ -472,11 +472,10 @@ class Mask2FormerImageProcessor:
                 )
         return result
 
+    __call__ = preprocess
+
     # The arithmetic below is numpy (single-threaded, vectorized): on small CPU machines PyTorch's intra-op threads
     # cost more in synchronization than they save on these memory-bound steps. Only the resize kernels are PyTorch's.
-
-
-    __call__ = preprocess
 
     def _pixel_values(
         self, images: list[np.ndarray], sizes: list[tuple[int, int]], padded_size: tuple[int, int]

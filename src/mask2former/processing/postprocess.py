@@ -77,8 +77,10 @@ Shape letters: B batch, Q queries, K classes (without "no object"), N selected q
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -905,6 +907,12 @@ class _WeightedMasks:
         return above, self.plan.output[0] * self.plan.output[1] - below
 
 
+@functools.cache
+def _background() -> ThreadPoolExecutor:
+    """One worker thread for independent parts of a post-processing step."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="mask2former-postprocess")
+
+
 def _panoptic_owner_and_area(
     mask_logits: Tensor,
     scores: Tensor,
@@ -916,6 +924,9 @@ def _panoptic_owner_and_area(
     won area and its own area (N,), the own area exact only where it decides the overlap test; None when the dense
     computation is cheaper."""
     masks = _WeightedMasks(mask_logits, scores, plan)
+    # The own-area bounds do not depend on the owners: counted on the second core meanwhile (small ops each run on
+    # one thread, so this is where the time of a two-core machine goes).
+    bounds = _background().submit(masks.own_area_bounds, mask_threshold)
     owner = masks.owner()
     if owner is None:
         return None
@@ -935,7 +946,7 @@ def _panoptic_owner_and_area(
         same = (lower == upper) | (area == 0) | ((lower > 0) & (passes(lower) == passes(upper)))
         return ~same
 
-    lower, upper = masks.own_area_bounds(mask_threshold)
+    lower, upper = bounds.result()
     own_area = lower.clone()  # enough where the test cannot tell own areas between the bounds apart
     exact = needed(lower, upper).nonzero().squeeze(1)
     if exact.numel():  # count those exactly, as transformers does
