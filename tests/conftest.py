@@ -63,3 +63,45 @@ def tiny_checkpoint(tmp_path_factory) -> tuple[Path, object]:
     directory = tmp_path_factory.mktemp("tiny")
     model = make_transformers_checkpoint(directory)
     return directory, model
+
+
+# A tiny bottleneck ResNet: two blocks in the second stage so that blocks without a shortcut are covered too.
+TINY_RESNET = dict(embedding_size=8, depths=[1, 2, 1, 1], hidden_sizes=[16, 32, 64, 128], layer_type="bottleneck")
+
+
+def randomize_batchnorm_(module: torch.nn.Module, seed: int = 0) -> None:
+    """Give every BatchNorm non-trivial running statistics (randomize_ only touches parameters)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, buffer in module.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.copy_(torch.randn(buffer.shape, generator=generator) * 0.1)
+            elif name.endswith("running_var"):
+                buffer.copy_(torch.rand(buffer.shape, generator=generator) + 0.5)
+
+
+def make_transformers_resnet_checkpoint(
+    directory: Path,
+    *,
+    resnet: dict | None = None,
+    num_labels: int = 5,
+    seed: int = 0,
+    **mask2former: object,
+):
+    """Like make_transformers_checkpoint, with a ResNet backbone (BatchNorm statistics perturbed too)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    backbone = transformers.ResNetConfig(
+        **(resnet if resnet is not None else TINY_RESNET), out_features=["stage1", "stage2", "stage3", "stage4"]
+    )
+    options = dict(TINY_MASK2FORMER)
+    options.update(mask2former)
+    config = transformers.Mask2FormerConfig(
+        backbone_config=backbone, id2label={i: f"class_{i}" for i in range(num_labels)}, **options
+    )
+    model = transformers.Mask2FormerForUniversalSegmentation(config).eval()
+    randomize_(model, seed)
+    randomize_batchnorm_(model, seed)
+    model.save_pretrained(directory)
+    return model

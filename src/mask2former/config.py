@@ -88,7 +88,7 @@ class Mask2FormerConfig:
     ``num_labels`` is the number of classes K without "no object"; it follows ``id2label`` when that is given.
     """
 
-    backbone_config: SwinConfig = field(
+    backbone_config: SwinConfig | ResNetConfig = field(
         default_factory=lambda: SwinConfig(depths=[2, 2, 18, 2], drop_path_rate=0.3)
     )
     feature_size: int = 256
@@ -127,7 +127,7 @@ class Mask2FormerConfig:
         if self.model_type != "mask2former":
             raise ValueError(f"model_type must be 'mask2former', got {self.model_type!r}")
         if isinstance(self.backbone_config, dict):
-            self.backbone_config = SwinConfig.from_dict(self.backbone_config)
+            self.backbone_config = backbone_config_from_dict(self.backbone_config)
         self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
         if self.num_labels is None:
             self.num_labels = len(self.id2label) if self.id2label else 2
@@ -158,7 +158,7 @@ class Mask2FormerConfig:
         if backbone is None:
             data.pop("backbone_config", None)
         elif isinstance(backbone, dict):
-            data["backbone_config"] = SwinConfig.from_dict(backbone)
+            data["backbone_config"] = backbone_config_from_dict(backbone)
         id2label = data.get("id2label")
         if id2label is not None and "num_labels" not in data:
             data["num_labels"] = len(id2label)
@@ -209,4 +209,86 @@ def _to_dict(config: Any) -> dict[str, Any]:
     return data
 
 
-__all__ = ["Mask2FormerConfig", "SwinConfig", "CONFIG_NAME"]
+RESNET_MODEL_TYPES = ("resnet",)
+
+
+@dataclass
+class ResNetConfig:
+    """ResNet backbone config (``transformers.ResNetConfig`` fields and defaults: ResNet-50).
+
+    ``layer_type`` is ``"bottleneck"`` or ``"basic"``; ``downsample_in_bottleneck`` puts a stage's stride on the first
+    1x1 convolution of its first block instead of the 3x3 one. As for :class:`SwinConfig`, ``out_features`` defaults
+    to the four stages Mask2Former reads (``transformers``: the last stage only); a file that gives only
+    ``out_indices`` is read through them.
+    """
+
+    num_channels: int = 3
+    embedding_size: int = 64
+    hidden_sizes: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
+    depths: list[int] = field(default_factory=lambda: [3, 4, 6, 3])
+    layer_type: str = "bottleneck"
+    hidden_act: str = "relu"
+    downsample_in_first_stage: bool = False
+    downsample_in_bottleneck: bool = False
+    out_features: list[str] = field(default_factory=lambda: ["stage1", "stage2", "stage3", "stage4"])
+    model_type: str = "resnet"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.model_type not in RESNET_MODEL_TYPES:
+            raise ValueError(f"backbone_config.model_type must be 'resnet', got {self.model_type!r}")
+        if self.layer_type not in ("basic", "bottleneck"):
+            raise ValueError(f"backbone_config.layer_type must be 'basic' or 'bottleneck', got {self.layer_type!r}")
+        if len(self.depths) != len(self.hidden_sizes):
+            raise ValueError(
+                f"backbone_config.depths and hidden_sizes must have the same length, got {self.depths} and "
+                f"{self.hidden_sizes}"
+            )
+        self.depths = [int(d) for d in self.depths]
+        self.hidden_sizes = [int(h) for h in self.hidden_sizes]
+        self.out_features = list(self.out_features)
+        unknown = [name for name in self.out_features if name not in self.stage_names]
+        if unknown:
+            raise ValueError(f"backbone_config.out_features {unknown} are not among the stages {self.stage_names}")
+
+    @property
+    def stage_names(self) -> list[str]:
+        return ["stem"] + [f"stage{i}" for i in range(1, len(self.depths) + 1)]
+
+    @property
+    def out_indices(self) -> list[int]:
+        return [self.stage_names.index(name) for name in self.out_features]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ResNetConfig:
+        """Build from a ``backbone_config`` dict as found in ``config.json``."""
+        data = dict(data)
+        if data.get("out_features") is None:
+            data.pop("out_features", None)
+            if data.get("out_indices") is not None:
+                stages = ["stem"] + [f"stage{i}" for i in range(1, len(data.get("depths", [3, 4, 6, 3])) + 1)]
+                data["out_features"] = [stages[i] for i in data["out_indices"]]
+        return _from_dict(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``backbone_config`` dict that ``transformers`` reads."""
+        data = _to_dict(self)
+        data["stage_names"] = self.stage_names
+        data["out_indices"] = self.out_indices
+        return data
+
+
+def backbone_config_from_dict(data: dict[str, Any]) -> SwinConfig | ResNetConfig:
+    """The backbone config class that a ``backbone_config`` dict's ``model_type`` names (Swin when absent)."""
+    model_type = data.get("model_type", "swin")
+    if model_type in SWIN_MODEL_TYPES:
+        return SwinConfig.from_dict(data)
+    if model_type in RESNET_MODEL_TYPES:
+        return ResNetConfig.from_dict(data)
+    raise ValueError(
+        f"backbone_config.model_type {model_type!r} is not supported; expected one of "
+        f"{SWIN_MODEL_TYPES + RESNET_MODEL_TYPES}"
+    )
+
+
+__all__ = ["Mask2FormerConfig", "SwinConfig", "ResNetConfig", "backbone_config_from_dict", "CONFIG_NAME"]

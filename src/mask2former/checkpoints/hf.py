@@ -2,8 +2,9 @@
 
 The translation is one explicit table of key prefixes (``_RENAMES``), read in both directions, plus two structural
 steps: the Swin backbone's separate query/key/value (fused ``qkv`` in ours, see ``backbones/swin.py``) and the
-decoder self-attention's separate q/k/v projections (packed ``in_proj`` in ours). After translation every key and
-shape is checked against the model and a mismatch raises one error that lists all offenders.
+decoder self-attention's separate q/k/v projections (packed ``in_proj`` in ours). A ResNet backbone's keys follow the
+table in ``backbones/resnet.py`` (``num_batches_tracked`` dropped on load, written as 0 on save). After translation
+every key and shape is checked against the model and a mismatch raises one error that lists all offenders.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 
 from ..config import CONFIG_NAME, Mask2FormerConfig
 from ..modeling.mask2former import Mask2FormerForUniversalSegmentation
+from ..modeling.backbones.resnet import resnet_keys_from_transformers, resnet_keys_to_transformers
 from ..modeling.backbones.swin import swin_keys_from_transformers, swin_keys_to_transformers
 from .io import SAFETENSORS_NAME, load_weights, save_safetensors
 
@@ -61,6 +63,24 @@ _RENAMES: list[tuple[str, str]] = [
 _IGNORED_ON_LOAD = ("criterion.empty_weight",)
 
 
+def backbone_keys_from_transformers(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """Our backbone keys (without ``backbone.``) for the entries under ``prefix``: ResNet or Swin, told by the keys.
+
+    transformers' ResNet is the only backbone with an ``embedder.``; see ``backbones/resnet.py`` and
+    ``backbones/swin.py`` for the tables.
+    """
+    if any(key.startswith(prefix + "embedder.") for key in state):
+        return resnet_keys_from_transformers(state, prefix)
+    return swin_keys_from_transformers(state, prefix)
+
+
+def backbone_keys_to_transformers(state: dict[str, Tensor], prefix: str, model_type: str) -> dict[str, Tensor]:
+    """transformers' keys (under ``prefix``) for our backbone state (without ``backbone.``) of ``model_type``."""
+    if model_type == "resnet":
+        return resnet_keys_to_transformers(state, prefix)
+    return swin_keys_to_transformers(state, prefix)
+
+
 def _compile(template: str) -> re.Pattern[str]:
     return re.compile(re.escape(template).replace(r"\{n\}", r"(?P<n>\d+)"))
 
@@ -84,7 +104,7 @@ def state_dict_from_transformers(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """
     if not any(key.startswith("model.") for key in state):  # a Mask2FormerModel checkpoint: no "model." prefix
         state = {f"model.{key}": value for key, value in state.items()}
-    ours = {f"backbone.{key}": value for key, value in swin_keys_from_transformers(state, BACKBONE_PREFIX).items()}
+    ours = {f"backbone.{key}": value for key, value in backbone_keys_from_transformers(state, BACKBONE_PREFIX).items()}
     for key, value in state.items():
         if key.startswith(BACKBONE_PREFIX) or key in _IGNORED_ON_LOAD:
             continue
@@ -95,7 +115,7 @@ def state_dict_from_transformers(state: dict[str, Tensor]) -> dict[str, Tensor]:
 def state_dict_to_transformers(state: dict[str, Tensor], config: Mask2FormerConfig) -> dict[str, Tensor]:
     """Translate our state dict into the layout ``transformers`` saves and loads."""
     backbone = {key[len("backbone.") :]: value for key, value in state.items() if key.startswith("backbone.")}
-    theirs = dict(swin_keys_to_transformers(backbone, BACKBONE_PREFIX))
+    theirs = backbone_keys_to_transformers(backbone, BACKBONE_PREFIX, config.backbone_config.model_type)
     for key, value in _unpack_self_attention(state).items():
         if key.startswith("backbone."):
             continue

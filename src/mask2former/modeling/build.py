@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..config import Mask2FormerConfig, SwinConfig
+from ..config import Mask2FormerConfig, ResNetConfig, SwinConfig
+from .backbones.resnet import RESNET_ACTIVATIONS, ResNetBackbone
 from .backbones.swin import SwinBackbone
 from .pixel_decoder import MSDeformAttnPixelDecoder
 from .transformer_decoder import MaskedAttentionDecoder
@@ -32,9 +33,33 @@ def build_swin_backbone(config: SwinConfig) -> SwinBackbone:
     )
 
 
+def build_resnet_backbone(config: ResNetConfig) -> ResNetBackbone:
+    """A ResNet backbone (frozen BatchNorm) emitting the maps named by ``out_features``."""
+    if config.hidden_act not in RESNET_ACTIVATIONS:
+        raise ValueError(f"backbone_config.hidden_act must be one of {RESNET_ACTIVATIONS}, got {config.hidden_act!r}")
+    return ResNetBackbone(
+        depths=config.depths,
+        hidden_sizes=config.hidden_sizes,
+        embedding_size=config.embedding_size,
+        in_channels=config.num_channels,
+        block_type=config.layer_type,
+        stride_in_1x1=config.downsample_in_bottleneck,
+        downsample_in_first_stage=config.downsample_in_first_stage,
+        activation=config.hidden_act,
+        out_indices=config.out_indices,
+    )
+
+
+def build_backbone(config: SwinConfig | ResNetConfig) -> nn.Module:
+    """The backbone a ``backbone_config`` describes."""
+    if isinstance(config, ResNetConfig):
+        return build_resnet_backbone(config)
+    return build_swin_backbone(config)
+
+
 def build_mask2former_parts(config: Mask2FormerConfig) -> dict[str, nn.Module]:
     """Backbone, pixel decoder and transformer decoder of a Mask2Former model."""
-    backbone = build_swin_backbone(config.backbone_config)
+    backbone = build_backbone(config.backbone_config)
     in_channels = [info.channels for info in backbone.feature_info]
     in_strides = [info.stride for info in backbone.feature_info]
     if in_strides != list(config.feature_strides):
