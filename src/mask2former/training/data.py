@@ -151,7 +151,7 @@ class TrainingExamples(Dataset):
         epoch, index = key
         item = self.dataset[index]
         name = str(item.get("file_name", f"item {index}"))
-        image = torch.as_tensor(np.ascontiguousarray(item["image"]))
+        image = torch.from_numpy(np.require(item["image"], requirements=["C", "W"]))
         if image.dim() != 3 or image.shape[-1] != 3 or image.dtype != torch.uint8:
             raise ValueError(f"{name}: the image must be (H, W, 3) uint8, got {tuple(image.shape)} {image.dtype}")
         label = torch.as_tensor(np.asarray(item["segmentation_map"]).astype(np.int64))
