@@ -149,7 +149,11 @@ class Mask2FormerConfig:
         data = dict(data)
         model_type = data.get("model_type", "mask2former")
         if model_type != "mask2former":
-            raise ValueError(f"config.json has model_type {model_type!r}; expected 'mask2former'")
+            hint = " (a MaskFormer checkpoint: load it with MaskFormerForInstanceSegmentation)"
+            raise ValueError(
+                f"config.json has model_type {model_type!r}; expected 'mask2former'"
+                + (hint if model_type == "maskformer" else "")
+            )
         # Older files spell enforce_input_projection as enforce_input_proj.
         if "enforce_input_proj" in data:
             legacy = data.pop("enforce_input_proj")
@@ -291,4 +295,152 @@ def backbone_config_from_dict(data: dict[str, Any]) -> SwinConfig | ResNetConfig
     )
 
 
-__all__ = ["Mask2FormerConfig", "SwinConfig", "ResNetConfig", "backbone_config_from_dict", "CONFIG_NAME"]
+@dataclass
+class DetrDecoderConfig:
+    """The ``decoder_config`` of MaskFormer (``model_type`` "detr"; ``transformers.MaskFormerDetrConfig`` defaults).
+
+    Only the fields MaskFormer's transformer decoder uses are modelled; the others (the DETR encoder's, the box losses',
+    the DETR backbone's) are kept in ``extra`` and written back unchanged. ``auxiliary_loss=True`` makes
+    ``transformers`` feed each layer the LayerNorm-ed output of the previous one; we do the same for parity.
+    """
+
+    num_queries: int = 100
+    d_model: int = 256
+    decoder_layers: int = 6
+    decoder_attention_heads: int = 8
+    decoder_ffn_dim: int = 2048
+    activation_function: str = "relu"
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    auxiliary_loss: bool = False
+    init_std: float = 0.02
+    init_xavier_std: float = 1.0
+    model_type: str = "detr"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.model_type != "detr":
+            raise ValueError(f"decoder_config.model_type must be 'detr', got {self.model_type!r}")
+        if self.decoder_layers < 1:
+            raise ValueError(f"decoder_config.decoder_layers must be >= 1, got {self.decoder_layers}")
+        if self.d_model % self.decoder_attention_heads != 0:
+            raise ValueError(
+                f"decoder_config.d_model ({self.d_model}) must be divisible by decoder_attention_heads "
+                f"({self.decoder_attention_heads})"
+            )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DetrDecoderConfig:
+        """Build from a ``decoder_config`` dict as found in ``config.json``."""
+        return _from_dict(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``decoder_config`` dict that ``transformers`` reads."""
+        return _to_dict(self)
+
+
+# What transformers' MaskFormerConfig derives from its decoder_config and writes; recomputed there on read.
+_MASKFORMER_DERIVED_KEYS = ("num_attention_heads", "num_hidden_layers")
+
+
+def _maskformer_default_backbone() -> SwinConfig:
+    # transformers' default: Swin-B shaped at 384 (facebook/maskformer-swin-base-ade).
+    return SwinConfig(
+        image_size=384, embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32], window_size=12,
+        drop_path_rate=0.3,
+    )
+
+
+@dataclass
+class MaskFormerConfig:
+    """MaskFormer config (``transformers.MaskFormerConfig`` fields and defaults).
+
+    ``backbone_config`` is a :class:`SwinConfig` (``model_type`` "swin" or "maskformer-swin": the released files say
+    "swin", ``transformers`` writes "maskformer-swin"; the network is the same) or a :class:`ResNetConfig`. As in
+    ``transformers``, a Swin backbone always emits its four stages. ``num_labels`` is K without "no object".
+    """
+
+    backbone_config: SwinConfig | ResNetConfig = field(default_factory=_maskformer_default_backbone)
+    decoder_config: DetrDecoderConfig = field(default_factory=DetrDecoderConfig)
+    fpn_feature_size: int = 256
+    mask_feature_size: int = 256
+    no_object_weight: float = 0.1
+    use_auxiliary_loss: bool = False
+    init_std: float = 0.02
+    init_xavier_std: float = 1.0
+    dice_weight: float = 1.0
+    cross_entropy_weight: float = 1.0
+    mask_weight: float = 20.0
+    output_auxiliary_logits: bool | None = None
+    id2label: dict[int, str] = field(default_factory=dict)
+    num_labels: int | None = None
+    model_type: str = "maskformer"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.model_type != "maskformer":
+            raise ValueError(f"model_type must be 'maskformer', got {self.model_type!r}")
+        if isinstance(self.backbone_config, dict):
+            self.backbone_config = backbone_config_from_dict(self.backbone_config)
+        if isinstance(self.decoder_config, dict):
+            self.decoder_config = DetrDecoderConfig.from_dict(self.decoder_config)
+        if isinstance(self.backbone_config, SwinConfig):
+            self.backbone_config.out_features = ["stage1", "stage2", "stage3", "stage4"]
+        self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+        if self.num_labels is None:
+            self.num_labels = len(self.id2label) if self.id2label else 2
+        if not self.id2label:
+            self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        if len(self.id2label) != self.num_labels:
+            raise ValueError(f"num_labels={self.num_labels} does not match id2label with {len(self.id2label)} entries")
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in self.id2label.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MaskFormerConfig:
+        """Build from the contents of a ``config.json`` (released files and what ``transformers`` writes)."""
+        data = dict(data)
+        model_type = data.get("model_type", "maskformer")
+        if model_type != "maskformer":
+            hint = " (a Mask2Former checkpoint: load it with Mask2FormerForUniversalSegmentation)"
+            raise ValueError(
+                f"config.json has model_type {model_type!r}; expected 'maskformer'"
+                + (hint if model_type == "mask2former" else "")
+            )
+        for key in _MASKFORMER_DERIVED_KEYS:
+            data.pop(key, None)
+        for key in ("backbone_config", "decoder_config"):
+            if data.get(key, ...) is None:  # transformers' defaults
+                data.pop(key)
+        id2label = data.get("id2label")
+        if id2label is not None and "num_labels" not in data:
+            data["num_labels"] = len(id2label)
+        return _from_dict(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``config.json`` contents that ``transformers.MaskFormerConfig`` reads back to the same values."""
+        data = _to_dict(self)
+        data["backbone_config"] = self.backbone_config.to_dict()
+        data["decoder_config"] = self.decoder_config.to_dict()
+        data["id2label"] = {str(i): name for i, name in sorted(self.id2label.items())}
+        data["label2id"] = {name: i for i, name in sorted(self.id2label.items())}
+        data.pop("num_labels")
+        return data
+
+    # Reading and writing the file is Mask2Former's, through this class's from_dict and to_dict.
+    from_pretrained = classmethod(Mask2FormerConfig.from_pretrained.__func__)
+    save_pretrained = Mask2FormerConfig.save_pretrained
+
+
+__all__ = [
+    "Mask2FormerConfig",
+    "MaskFormerConfig",
+    "DetrDecoderConfig",
+    "SwinConfig",
+    "ResNetConfig",
+    "backbone_config_from_dict",
+    "CONFIG_NAME",
+]

@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from mask2former.training.augment import IMAGENET_MEAN_RGB, TrainAugmentation, hflip, nearest_indices, resize
+from mask2former.training.augment import (
+    IMAGENET_MEAN_RGB,
+    TrainAugmentation,
+    hflip,
+    nearest_indices,
+    resize,
+)
 
 
 def blocks(height=48, width=64, block=16):

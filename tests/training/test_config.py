@@ -6,7 +6,12 @@ import json
 
 import pytest
 
-from mask2former.training.config import TrainConfig, add_arguments, config_from_args, field_names
+from mask2former.training.config import (
+    TrainConfig,
+    add_arguments,
+    config_from_args,
+    field_names,
+)
 
 
 def parse(argv):

@@ -47,6 +47,7 @@ def test_checkpoint_contents(runs):
     assert state["step"] == 6 and state["config"]["max_steps"] == 6
     assert {"model", "model_config", "optimizer", "scheduler", "scaler", "rng"} <= set(state)
     assert {"python", "numpy", "torch", "cuda"} == set(state["rng"][0])
+    assert state["data"] == {"epoch": 1, "batch_in_epoch": 2, "dataset_size": 8, "batch_size": 2}
     assert not list((root / "resumed" / "checkpoints").glob("*.tmp"))  # atomic writes leave no temporary file
 
 

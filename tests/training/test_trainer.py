@@ -10,10 +10,20 @@ import torch
 from mask2former.config import Mask2FormerConfig, SwinConfig
 from mask2former.modeling.mask2former import Mask2FormerForUniversalSegmentation
 from mask2former.processing.image_processor import Mask2FormerImageProcessor
-from mask2former.training.config import TrainConfig
-from mask2former.training.data import Collate, SyntheticPanopticDataset, TrainingExamples, targets_from_map
 from mask2former.training.augment import TrainAugmentation
-from mask2former.training.trainer import PolyWithWarmup, Trainer, parameter_groups, train
+from mask2former.training.config import TrainConfig
+from mask2former.training.data import (
+    Collate,
+    SyntheticPanopticDataset,
+    TrainingExamples,
+    targets_from_map,
+)
+from mask2former.training.trainer import (
+    PolyWithWarmup,
+    Trainer,
+    parameter_groups,
+    train,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)

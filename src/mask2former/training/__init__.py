@@ -3,6 +3,8 @@
 from .criterion import Mask2FormerCriterion, dice_loss, sigmoid_bce_loss, validate_targets
 from .matcher import HungarianMatcher, pairwise_dice, pairwise_sigmoid_bce
 from .point_sampling import point_sample, sample_uncertain_points, uncertainty
+from .config import TrainConfig
+from .trainer import Trainer, TrainResult, train
 
 __all__ = [
     "HungarianMatcher",
@@ -15,4 +17,8 @@ __all__ = [
     "sigmoid_bce_loss",
     "uncertainty",
     "validate_targets",
+    "TrainConfig",
+    "Trainer",
+    "TrainResult",
+    "train",
 ]

@@ -64,8 +64,8 @@ def random_crop(
     """A random window of at most ``size`` (smaller sides are kept whole)."""
     height, width = label.shape
     crop_height, crop_width = min(size[0], height), min(size[1], width)
-    top = int(round(_uniform(generator, 0, height - crop_height)))
-    left = int(round(_uniform(generator, 0, width - crop_width)))
+    top = round(_uniform(generator, 0, height - crop_height))
+    left = round(_uniform(generator, 0, width - crop_width))
     return crop(image, label, top, left, crop_height, crop_width)
 
 
@@ -167,7 +167,7 @@ class TrainAugmentation:
                 factor = min(self.crop_size) * scale / min(height, width)
             else:  # lsj: fit inside the scaled crop size
                 factor = min(self.crop_size[0] * scale / height, self.crop_size[1] * scale / width)
-            size = (max(1, int(round(height * factor))), max(1, int(round(width * factor))))
+            size = (max(1, round(height * factor)), max(1, round(width * factor)))
             image, label = resize(image, label, size)
             image, label = random_crop(image, label, self.crop_size, generator)
         if self.flip_prob > 0 and torch.rand((), generator=generator).item() < self.flip_prob:

@@ -119,8 +119,10 @@ def training_state(
     scaler: Any,
     rng_states: list[dict[str, Any]],
     config: dict[str, Any],
+    data: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The contents of a checkpoint (``rng_states``: one per process, in rank order)."""
+    """The contents of a checkpoint (``rng_states``: one per process, in rank order; ``data``: where the data
+    order stands, e.g. epoch, position in it, dataset size, global batch size)."""
     model_config = getattr(model, "config", None)
     return {
         "format": FORMAT,
@@ -132,6 +134,7 @@ def training_state(
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "rng": rng_states,
+        "data": data or {},
         "config": config,
     }
 
@@ -143,7 +146,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint not found: {str(path)!r}") from None
-    except Exception as error:  # pickle, zip or weights_only errors: not one of our files
+    except Exception as error:  # noqa: BLE001 (pickle, zip and weights_only errors alike: not one of our files)
         raise ValueError(f"{str(path)!r} is not a mask2former training checkpoint: {type(error).__name__}: {error}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{str(path)!r} is not a mask2former training checkpoint (no {FORMAT!r} marker)")

@@ -10,7 +10,8 @@ the helpers do nothing.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -24,7 +25,7 @@ class DistributedContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     initialized_here: bool = False
 
     @property
@@ -56,7 +57,8 @@ def init_distributed(device: str | None = None) -> DistributedContext:
     context = DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=chosen)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if chosen.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://")
+        # Rank 0 evaluates while the others wait at a barrier: allow long evaluations (the default is 10-30 minutes).
+        dist.init_process_group(backend=backend, init_method="env://", timeout=timedelta(hours=2))
         context.initialized_here = True
     elif dist.is_initialized():
         context.rank, context.world_size = dist.get_rank(), dist.get_world_size()

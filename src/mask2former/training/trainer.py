@@ -82,7 +82,7 @@ def parameter_groups(
             seen.add(id(parameter))
             group_lr = lr * backbone_lr_multiplier if "backbone" in module_name else lr
             decay = weight_decay
-            if isinstance(module, NORM_TYPES) or isinstance(module, nn.Embedding):
+            if isinstance(module, (*NORM_TYPES, nn.Embedding)):
                 decay = 0.0
             if "relative_position_bias_table" in name or "absolute_pos_embed" in name:
                 decay = 0.0
@@ -115,7 +115,10 @@ def build_model(config: TrainConfig, categories: list[dict], num_labels: int) ->
     from ..checkpoints.hf import resolve_checkpoint
     from ..config import Mask2FormerConfig
     from ..modeling.mask2former import Mask2FormerForUniversalSegmentation
-    from ..processing.image_processor import PROCESSOR_CONFIG_NAME, Mask2FormerImageProcessor
+    from ..processing.image_processor import (
+        PROCESSOR_CONFIG_NAME,
+        Mask2FormerImageProcessor,
+    )
 
     if config.model is None:
         raise ValueError("no model: give --model, a checkpoint folder or hub id to fine-tune or a config.json for a new model")
@@ -180,7 +183,7 @@ class _StopRequest:
                 self.previous[signum] = signal.signal(signum, self._handle)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
 
@@ -296,6 +299,7 @@ class Trainer:
                     "run continues but not bit for bit", len(rng), context.world_size,
                 )
                 _seed_everything(config.seed + self.step + context.rank)
+            saved_data = state.get("data") or {}
             if context.is_main:
                 print(f"resuming from {resume_path} at step {self.step}")
         else:  # the model's randomness (drop path, point sampling) differs between processes; rank 0 = one process
@@ -318,8 +322,23 @@ class Trainer:
         )
         self.steps_per_epoch = self.sampler.num_samples // self.local_batch_size
         self.collate = Collate(self.processor.image_mean, self.processor.image_std)
+        if state is not None:
+            now = self._data_position()
+            changed = [key for key in ("dataset_size", "batch_size") if key in saved_data and saved_data[key] != now[key]]
+            if changed:
+                logger.warning(
+                    "the checkpoint was trained with %s; the data order continues from epoch %d, not exactly as before",
+                    ", ".join(f"{key} {saved_data[key]} (now {now[key]})" for key in changed), now["epoch"],
+                )
 
     # ------------------------------------------------------------------ pieces of the loop
+
+    def _data_position(self) -> dict[str, int]:
+        """Where the data order stands after ``self.step`` steps (it follows from the step, the dataset size and the
+        global batch; stored to tell when a resumed run has another dataset or batch size)."""
+        epoch, position = divmod(self.step, self.steps_per_epoch)
+        return {"epoch": epoch, "batch_in_epoch": position, "dataset_size": len(self.examples),
+                "batch_size": self.config.batch_size}
 
     def _batches(self):
         """Batches from the current step on, epoch after epoch."""
@@ -376,7 +395,7 @@ class Trainer:
         if self.context.is_main:
             state = ckpt.training_state(
                 step=self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                scaler=self.scaler, rng_states=rng_states, config=self.config.to_dict(),
+                scaler=self.scaler, rng_states=rng_states, config=self.config.to_dict(), data=self._data_position(),
             )
             path = ckpt.save_checkpoint(ckpt.checkpoint_path(self.output_dir, self.step), state)
             ckpt.prune_checkpoints(self.output_dir, self.config.keep_checkpoints)
