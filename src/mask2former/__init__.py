@@ -6,8 +6,9 @@ The public names follow ``transformers``, so that switching is one import line::
     model = Mask2FormerForUniversalSegmentation.from_pretrained("facebook/mask2former-swin-tiny-coco-instance")
 """
 
-from .config import Mask2FormerConfig, SwinConfig
+from .config import Mask2FormerConfig, MaskFormerConfig, SwinConfig
 from .modeling.mask2former import Mask2FormerForUniversalSegmentation, Mask2FormerModel
+from .modeling.maskformer import MaskFormerForInstanceSegmentation, MaskFormerModel
 from .modeling.outputs import Mask2FormerForUniversalSegmentationOutput, Mask2FormerModelOutput
 from .processing.image_processor import Mask2FormerImageProcessor, MaskFormerImageProcessor
 from .segmenter import Segmenter, SegmentationResult
@@ -20,6 +21,9 @@ __all__ = [
     "Mask2FormerModel",
     "Mask2FormerForUniversalSegmentation",
     "Mask2FormerModelOutput",
+    "MaskFormerConfig",
+    "MaskFormerModel",
+    "MaskFormerForInstanceSegmentation",
     "Mask2FormerForUniversalSegmentationOutput",
     "Mask2FormerImageProcessor",
     "MaskFormerImageProcessor",
