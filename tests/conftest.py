@@ -105,3 +105,52 @@ def make_transformers_resnet_checkpoint(
     randomize_batchnorm_(model, seed)
     model.save_pretrained(directory)
     return model
+
+
+# A tiny MaskFormer: 3 DETR decoder layers (so 2 auxiliary predictions), 10 queries, width 32.
+TINY_DETR = dict(d_model=32, decoder_layers=3, decoder_attention_heads=4, decoder_ffn_dim=64, num_queries=10)
+TINY_MASKFORMER = dict(fpn_feature_size=32, mask_feature_size=32)
+
+
+def make_transformers_maskformer_checkpoint(
+    directory: Path,
+    *,
+    backbone: str = "swin",
+    backbone_options: dict | None = None,
+    decoder: dict | None = None,
+    num_labels: int = 5,
+    seed: int = 0,
+    **maskformer: object,
+):
+    """Build a random ``transformers`` MaskFormer, save it to ``directory`` and return it (eval mode).
+
+    ``backbone`` is "swin" or "resnet" (tiny unless ``backbone_options`` say otherwise). transformers builds a Swin
+    backbone as MaskFormerSwin and writes ``model_type: "maskformer-swin"``; the released files say "swin".
+    """
+    import transformers
+
+    torch.manual_seed(seed)
+    stages = ["stage1", "stage2", "stage3", "stage4"]
+    if backbone == "swin":
+        backbone_config = transformers.SwinConfig(**(backbone_options or TINY_SWIN), out_features=stages)
+    else:
+        backbone_config = transformers.ResNetConfig(**(backbone_options or TINY_RESNET), out_features=stages)
+    config = transformers.MaskFormerConfig(
+        backbone_config=backbone_config,
+        decoder_config=transformers.MaskFormerDetrConfig(**{**TINY_DETR, **(decoder or {})}),
+        id2label={i: f"class_{i}" for i in range(num_labels)},
+        **{**TINY_MASKFORMER, **maskformer},
+    )
+    model = transformers.MaskFormerForInstanceSegmentation(config).eval()
+    randomize_(model, seed)
+    randomize_batchnorm_(model, seed)
+    model.save_pretrained(directory)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_maskformer_checkpoint(tmp_path_factory) -> tuple[Path, object]:
+    """A tiny transformers MaskFormer (Swin) checkpoint folder and the transformers model it holds."""
+    directory = tmp_path_factory.mktemp("tiny_maskformer")
+    model = make_transformers_maskformer_checkpoint(directory)
+    return directory, model
