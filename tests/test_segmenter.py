@@ -79,3 +79,11 @@ def test_bad_task_and_unreadable_file(segmenter, tmp_path):
     broken.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     with pytest.raises(ValueError, match="broken.png"):
         segmenter.segment(broken)
+
+
+def test_no_segments_found(segmenter, images):
+    """A threshold nothing reaches gives empty results in every task, not an error."""
+    for task in ("panoptic", "instance"):
+        result = segmenter.segment(images[0], task, threshold=1.0)
+        assert result.segments == []
+        assert result.segmentation.shape == (50, 70)

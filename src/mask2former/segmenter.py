@@ -203,11 +203,21 @@ class Segmenter:
 
     @classmethod
     def from_pretrained(
-        cls, path_or_hub_id: str | os.PathLike, device: str | torch.device | None = None, **kwargs: Any
+        cls, path_or_hub_id: str | os.PathLike | None = None, device: str | torch.device | None = None, **kwargs: Any
     ) -> Segmenter:
-        """Load the model and, if the checkpoint has a ``preprocessor_config.json``, its image processor."""
+        """Load the model and, if the checkpoint has a ``preprocessor_config.json``, its image processor.
+
+        Args:
+            path_or_hub_id: a checkpoint folder or hub id; None: the small model bundled with the package (trained
+                on synthetic scenes: sky, ground, water and five shapes).
+            device: where to run (default: CPU).
+            kwargs: passed on to :meth:`Mask2FormerForUniversalSegmentation.from_pretrained`.
+        """
+        from .checkpoints.default import default_model_path
         from .checkpoints.hf import resolve_checkpoint
 
+        if path_or_hub_id is None:
+            path_or_hub_id = default_model_path()
         model = Mask2FormerForUniversalSegmentation.from_pretrained(path_or_hub_id, **kwargs)
         folder = resolve_checkpoint(path_or_hub_id)
         processor = (
@@ -325,7 +335,7 @@ class Segmenter:
                 segmentation = segmentation.cpu().numpy().astype(np.int32)
                 ids = [segment["id"] for segment in info]
             if masks is not None:
-                areas = masks.reshape(len(info), -1).sum(1)
+                areas = masks.sum((1, 2))
             else:  # one pass over the map instead of one comparison per segment
                 counts = np.bincount(segmentation.ravel().clip(min=0), minlength=max(ids, default=0) + 1)
                 areas = counts[ids] if ids else []

@@ -21,9 +21,14 @@ def test_help(command, capsys):
     assert "usage: mask2former" in capsys.readouterr().out
 
 
-def test_demo_runs(capsys):
-    assert main(["demo"]) == 0
-    assert "class_queries_logits (1, 20, 6)" in capsys.readouterr().out
+def test_demo_runs(tiny_checkpoint, tmp_path, capsys):
+    directory, _ = tiny_checkpoint
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", str(directory), "--out", str(out), "--num-images", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "ground truth:" in printed and "panoptic:" in printed and "semantic:" in printed
+    for task in ("panoptic", "instance", "semantic"):
+        assert len(list((out / task).glob("*.overlay.png"))) == 2
 
 
 def test_make_synthetic(tmp_path):

@@ -30,7 +30,12 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or glob patterns")
-    parser.add_argument("--model", required=True, help="checkpoint folder or Hugging Face hub id (local cache)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="checkpoint folder or Hugging Face hub id (local cache); default: the small model bundled with the "
+        "package, trained on synthetic scenes",
+    )
     parser.add_argument("--task", default="panoptic", choices=["panoptic", "instance", "semantic"], help="(default: panoptic)")
     parser.add_argument("--out", default="predictions", help="output folder, created if needed (default: predictions)")
     # Flags below are passed on only when given, so their defaults live in Segmenter.segment.
