@@ -67,6 +67,10 @@ def test_wrong_checkpoints_are_refused_before_any_step(runs, tmp_path):
     with pytest.raises(ValueError, match="not a mask2former training checkpoint"):
         Trainer(synthetic_run(model, tmp_path / "d", resume=str(garbage)))
     assert not (tmp_path / "a" / "log.jsonl").exists()
+    # a longer run continues on the longer schedule
+    longer = Trainer(synthetic_run(model, tmp_path / "f", max_steps=12, resume=checkpoint))
+    for group, base_lr in zip(longer.optimizer.param_groups, longer.scheduler.base_lrs):
+        assert group["lr"] == pytest.approx(base_lr * (1 - 3 / 12) ** 0.9)
     # "auto" without a checkpoint starts from scratch
     assert Trainer(synthetic_run(model, tmp_path / "e", resume="auto")).step == 0
 

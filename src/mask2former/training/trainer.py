@@ -287,6 +287,11 @@ class Trainer:
         if state is not None:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            # load_state_dict also restores the schedule's settings; keep this run's (e.g. a longer --max-steps)
+            schedule = PolyWithWarmup(config.max_steps, config.poly_power, config.warmup_steps)
+            self.scheduler.lr_lambdas = [schedule] * len(self.optimizer.param_groups)
+            for group, base_lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+                group["lr"] = base_lr * schedule(self.scheduler.last_epoch)
             if state.get("scaler") is not None:
                 self.scaler.load_state_dict(state["scaler"])
             self.step = int(state["step"])
