@@ -150,7 +150,8 @@ def test_training_run_logs_saves_and_loads(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     steps = [line for line in lines if "loss" in line]
     assert [line["step"] for line in steps] == [1, 2]
-    assert {"loss", "loss_mask", "loss_dice", "loss_cross_entropy", "loss_mask_0", "lr", "time"} <= set(steps[0])
+    assert {"loss", "loss_mask", "loss_dice", "loss_cross_entropy", "loss_mask_0", "lr", "grad_norm", "time"} <= set(steps[0])
+    assert steps[0]["grad_norm"] > 0
     assert steps[0]["lr"] == pytest.approx(1e-4) and steps[1]["lr"] < 1e-4
     assert [line["step"] for line in lines if "eval" in line] == [2] and "PQ" in lines[-1]["eval"]
     assert result.final_dir == tmp_path / "run" / "final"

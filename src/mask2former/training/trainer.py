@@ -384,10 +384,9 @@ class Trainer:
             raise FloatingPointError(f"the loss is {loss_value} at step {self.step + 1}; terms: {terms}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        grad_norm = float("nan")
-        if self.config.clip_grad_norm > 0:
-            self.scaler.unscale_(self.optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm))
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.config.clip_grad_norm if self.config.clip_grad_norm > 0 else math.inf  # 0: measure, no clip
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -486,7 +485,7 @@ class Trainer:
                         now = time.perf_counter()
                         if context.is_main:
                             self._log({
-                                "step": self.step, **averaged, "lr": lr, "grad_norm": grad_norm,
+                                "step": self.step, **averaged, "lr": lr, "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
                                 "time": now - started, "step_time": (now - last_log) / (self.step - last_logged_step),
                             })
                         last_log, last_logged_step = now, self.step
