@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..config import Mask2FormerConfig, ResNetConfig, SwinConfig
+from ..config import Mask2FormerConfig, MaskFormerConfig, ResNetConfig, SwinConfig
 from .backbones.resnet import RESNET_ACTIVATIONS, ResNetBackbone
 from .backbones.swin import SwinBackbone
+from .detr_decoder import DetrDecoder
+from .fpn_pixel_decoder import FPNPixelDecoder
 from .pixel_decoder import MSDeformAttnPixelDecoder
 from .transformer_decoder import MaskedAttentionDecoder
 
@@ -87,5 +89,29 @@ def build_mask2former_parts(config: Mask2FormerConfig) -> dict[str, nn.Module]:
         pre_norm=config.pre_norm,
         enforce_input_projection=config.enforce_input_projection,
         activation=config.activation_function,
+    )
+    return {"backbone": backbone, "pixel_decoder": pixel_decoder, "transformer_decoder": transformer_decoder}
+
+
+def build_maskformer_parts(config: MaskFormerConfig) -> dict[str, nn.Module]:
+    """Backbone, FPN pixel decoder and DETR transformer decoder of a MaskFormer model."""
+    backbone = build_backbone(config.backbone_config)
+    in_channels = [info.channels for info in backbone.feature_info]
+    decoder = config.decoder_config
+    pixel_decoder = FPNPixelDecoder(
+        in_channels=in_channels, dim=config.fpn_feature_size, mask_dim=config.mask_feature_size
+    )
+    transformer_decoder = DetrDecoder(
+        in_channels=in_channels[-1],
+        dim=decoder.d_model,
+        num_queries=decoder.num_queries,
+        num_heads=decoder.decoder_attention_heads,
+        num_layers=decoder.decoder_layers,
+        feedforward_dim=decoder.decoder_ffn_dim,
+        dropout=decoder.dropout,
+        attention_dropout=decoder.attention_dropout,
+        activation_dropout=decoder.activation_dropout,
+        activation=decoder.activation_function,
+        norm_between_layers=decoder.auxiliary_loss,
     )
     return {"backbone": backbone, "pixel_decoder": pixel_decoder, "transformer_decoder": transformer_decoder}

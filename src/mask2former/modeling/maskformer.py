@@ -22,40 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from ..config import MaskFormerConfig
-from .detr_decoder import DetrDecoder
-from .fpn_pixel_decoder import FPNPixelDecoder
 from .mask2former import Mask2FormerModel
 from .outputs import MaskFormerForInstanceSegmentationOutput, MaskFormerModelOutput
 from .transformer_decoder import MLP
 
 if TYPE_CHECKING:  # imported at first use: the training package may import the model
     from ..training.maskformer_criterion import MaskFormerCriterion
-
-
-def build_maskformer_parts(config: MaskFormerConfig) -> dict[str, nn.Module]:
-    """Backbone, FPN pixel decoder and DETR transformer decoder of a MaskFormer model."""
-    from .build import build_backbone
-
-    backbone = build_backbone(config.backbone_config)
-    in_channels = [info.channels for info in backbone.feature_info]
-    decoder = config.decoder_config
-    pixel_decoder = FPNPixelDecoder(
-        in_channels=in_channels, dim=config.fpn_feature_size, mask_dim=config.mask_feature_size
-    )
-    transformer_decoder = DetrDecoder(
-        in_channels=in_channels[-1],
-        dim=decoder.d_model,
-        num_queries=decoder.num_queries,
-        num_heads=decoder.decoder_attention_heads,
-        num_layers=decoder.decoder_layers,
-        feedforward_dim=decoder.decoder_ffn_dim,
-        dropout=decoder.dropout,
-        attention_dropout=decoder.attention_dropout,
-        activation_dropout=decoder.activation_dropout,
-        activation=decoder.activation_function,
-        norm_between_layers=decoder.auxiliary_loss,
-    )
-    return {"backbone": backbone, "pixel_decoder": pixel_decoder, "transformer_decoder": transformer_decoder}
 
 
 class MaskFormerModel(nn.Module):
@@ -85,6 +57,8 @@ class MaskFormerModel(nn.Module):
     @classmethod
     def from_config(cls, config: MaskFormerConfig, **kwargs: Any) -> MaskFormerModel:
         """A randomly initialized model of this architecture."""
+        from .build import build_maskformer_parts
+
         return cls(**build_maskformer_parts(config), config=config, **kwargs)
 
     @classmethod
