@@ -26,6 +26,7 @@ from .processing.postprocess import (
     post_process_panoptic_segmentation,
     post_process_semantic_segmentation,
 )
+from .processing.tta import check_scales, semantic_tta
 
 TASKS = ("panoptic", "instance", "semantic")
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
@@ -238,6 +239,8 @@ class Segmenter:
         overlap_mask_area_threshold: float = 0.8,
         label_ids_to_fuse: Iterable[int] | None = None,
         progress: bool = False,
+        tta_scales: Sequence[float] | None = None,
+        tta_flip: bool = True,
     ) -> SegmentationResult | list[SegmentationResult]:
         """Segment one image (returns one result) or several (returns a list).
 
@@ -250,9 +253,22 @@ class Segmenter:
             overlap_mask_area_threshold: minimum fraction of a mask that must survive overlaps (panoptic, instance).
             label_ids_to_fuse: panoptic: classes whose segments merge into one ("stuff").
             progress: show a tqdm progress bar over images.
+            tta_scales: semantic only: test-time augmentation as in the original Mask2Former: the class
+                probabilities of the image resized by each of these factors of the processor's size (and mirrored,
+                with ``tta_flip``) are averaged at the image's size (see :mod:`mask2former.processing.tta`; the
+                original's multi-scale test is ``DEFAULT_SCALES`` = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)). None: no
+                test-time augmentation.
+            tta_flip: with ``tta_scales``, also run every scale mirrored left-right.
         """
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        tta = None
+        if tta_scales is not None:
+            if task != "semantic":
+                raise ValueError(f"tta_scales (test-time augmentation) works with task='semantic' only, got {task!r}")
+            if not isinstance(tta_flip, bool):
+                raise TypeError(f"tta_flip must be True or False, got {tta_flip!r}")
+            tta = (check_scales(tta_scales, "tta_scales"), tta_flip)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         single = not isinstance(images, (list, tuple))
@@ -269,7 +285,7 @@ class Segmenter:
             loaded = [load_image(item) if path is not None else item for item, path in zip(batch, paths)]
             results.extend(
                 self._segment_batch(
-                    loaded, paths, task, threshold, mask_threshold, overlap_mask_area_threshold, label_ids_to_fuse
+                    loaded, paths, task, threshold, mask_threshold, overlap_mask_area_threshold, label_ids_to_fuse, tta
                 )
             )
             if bar is not None:
@@ -280,11 +296,17 @@ class Segmenter:
 
     @torch.inference_mode()
     def _segment_batch(
-        self, images, paths, task, threshold, mask_threshold, overlap_mask_area_threshold, label_ids_to_fuse
+        self, images, paths, task, threshold, mask_threshold, overlap_mask_area_threshold, label_ids_to_fuse, tta=None
     ) -> list[SegmentationResult]:
+        original_sizes = [_image_size(image) for image in images]
+        if tta is not None:
+            scales, flip = tta
+            probabilities = semantic_tta(
+                self.model, self.processor, images, original_sizes, scales=scales, flip=flip, device=self.device
+            )
+            return self._semantic_results([p.argmax(0) for p in probabilities], paths)
         inputs = self.processor(images, return_tensors="pt")
         pixel_values = inputs["pixel_values"].to(self.device)
-        original_sizes = [_image_size(image) for image in images]
         input_sizes = [self.processor.resized_size(*size) for size in original_sizes]
         outputs = self.model(pixel_values)
         common = dict(
@@ -293,17 +315,9 @@ class Segmenter:
             input_sizes=input_sizes,
             padded_size=tuple(pixel_values.shape[-2:]),
         )
-        results = []
         if task == "semantic":
-            for path, semantic in zip(paths, post_process_semantic_segmentation(outputs, **common)):
-                semantic = semantic.cpu().numpy().astype(np.int32)
-                labels, areas = np.unique(semantic, return_counts=True)
-                segments = [
-                    Segment(id=int(label), label_id=int(label), label=self._name(label), area=int(area))
-                    for label, area in zip(labels, areas)
-                ]
-                results.append(SegmentationResult(task, semantic, segments, self.id2label, path=path))
-            return results
+            return self._semantic_results(post_process_semantic_segmentation(outputs, **common), paths)
+        results = []
         if task == "instance":
             processed = post_process_instance_segmentation(
                 outputs,
@@ -351,6 +365,19 @@ class Segmenter:
                 for segment_id, segment, area in zip(ids, info, areas)
             ]
             results.append(SegmentationResult(task, segmentation, segments, self.id2label, masks=masks, path=path))
+        return results
+
+    def _semantic_results(self, maps: Sequence[torch.Tensor], paths: Sequence[str | None]) -> list[SegmentationResult]:
+        """(H, W) class-id maps -> results with one segment per class present."""
+        results = []
+        for path, semantic in zip(paths, maps):
+            semantic = semantic.cpu().numpy().astype(np.int32)
+            labels, areas = np.unique(semantic, return_counts=True)
+            segments = [
+                Segment(id=int(label), label_id=int(label), label=self._name(label), area=int(area))
+                for label, area in zip(labels, areas)
+            ]
+            results.append(SegmentationResult("semantic", semantic, segments, self.id2label, path=path))
         return results
 
     def _name(self, label_id: int) -> str:

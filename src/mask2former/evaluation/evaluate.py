@@ -355,6 +355,8 @@ def evaluate(
     progress: bool = True,
     strict: bool = True,
     save_predictions: str | os.PathLike | None = None,
+    tta_scales: Sequence[float] | None = None,
+    tta_flip: bool = True,
 ) -> dict[str, Any]:
     """Score ``segmenter`` on ``dataset``.
 
@@ -369,6 +371,9 @@ def evaluate(
         progress: show a tqdm bar with the running metric (PQ, mIoU; for AP the count of detections).
         strict: a malformed item raises an error naming its path (default); with False it is skipped and counted.
         save_predictions: a folder to write the predictions to, in the COCO formats (see the module docstring).
+        tta_scales: semantic only: test-time augmentation, as :meth:`mask2former.Segmenter.segment` takes it
+            (the original's multi-scale test: ``mask2former.processing.tta.DEFAULT_SCALES``). None: none.
+        tta_flip: with ``tta_scales``, also the mirrored views.
 
     Returns:
         The metric's result (``pq_compute``'s structure for panoptic, keyed by the dataset's category ids;
@@ -377,6 +382,8 @@ def evaluate(
         (``total``, ``model``: inside ``segment``, ``reading``: the dataset).
     """
     total = _check_arguments(dataset, task, limit)
+    if tta_scales is not None and task != "semantic":
+        raise ValueError(f"tta_scales (test-time augmentation) works with task='semantic' only, got {task!r}")
     if not hasattr(segmenter, "segment"):
         from ..segmenter import Segmenter
 
@@ -394,7 +401,7 @@ def evaluate(
     elif task == "instance":  # the original's AP protocol: top instances, no score threshold, overlaps all kept
         options = {"threshold": 0.0, "overlap_mask_area_threshold": 0.0}
     else:
-        options = {}
+        options = {} if tta_scales is None else {"tta_scales": tta_scales, "tta_flip": tta_flip}
 
     skips = SkipLog()
     bar = _progress_bar(progress, total, f"evaluate {task}")
