@@ -7,6 +7,8 @@ import json
 import math
 import sys
 
+from .predict import add_tta_arguments, tta_options
+
 DESCRIPTION = """\
 Score a model on a dataset, or score saved predictions without a model (--predictions).
 
@@ -61,6 +63,7 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         "--save-predictions", metavar="DIR", default=argparse.SUPPRESS,
         help="write the predictions in the COCO formats into DIR (scorable later with --predictions DIR)",
     )
+    add_tta_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -103,6 +106,15 @@ def run(args: argparse.Namespace) -> int:
     if args.predictions and hasattr(args, "save_predictions"):
         print("error: --save-predictions needs --model (--predictions are saved already)", file=sys.stderr)
         return 2
+    try:
+        tta = tta_options(args)
+    except (TypeError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.predictions and tta:
+        print("error: --tta and --tta-scales need --model (saved predictions are scored as they are)", file=sys.stderr)
+        return 2
+    options.update(tta)
     try:
         dataset = build_dataset(args)
         if args.predictions:

@@ -58,7 +58,46 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=argparse.SUPPRESS, help="images per forward pass (default 1)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps... (default: cpu)")
+    add_tta_arguments(parser)
     parser.set_defaults(run=run)
+
+
+def add_tta_arguments(parser: argparse.ArgumentParser) -> None:
+    """--tta, --tta-scales, --no-tta-flip: semantic test-time augmentation (``tta_scales``, ``tta_flip``)."""
+    from ..processing.tta import DEFAULT_SCALES
+
+    group = parser.add_argument_group("test-time augmentation (semantic only)")
+    group.add_argument(
+        "--tta",
+        action="store_true",
+        help="average the class probabilities over the original Mask2Former's test scales "
+        f"{' '.join(f'{s:g}' for s in DEFAULT_SCALES)} (factors of the processor's size) and their mirror images",
+    )
+    group.add_argument(
+        "--tta-scales", type=float, nargs="+", metavar="S", default=argparse.SUPPRESS,
+        help="test-time augmentation with these scales instead (implies --tta)",
+    )
+    group.add_argument(
+        "--no-tta-flip", dest="tta_flip", action="store_false", default=argparse.SUPPRESS,
+        help="test-time augmentation without the mirrored views",
+    )
+
+
+def tta_options(args: argparse.Namespace) -> dict:
+    """The ``tta_scales``/``tta_flip`` arguments the flags ask for (none without --tta or --tta-scales); a
+    ValueError or TypeError names the flag that is wrong."""
+    from ..processing.tta import DEFAULT_SCALES, check_scales
+
+    if not args.tta and not hasattr(args, "tta_scales"):
+        if hasattr(args, "tta_flip"):
+            raise ValueError("--no-tta-flip needs --tta or --tta-scales")
+        return {}
+    if args.task != "semantic":
+        raise ValueError(f"--tta and --tta-scales work with --task semantic only, got --task {args.task}")
+    options = {"tta_scales": check_scales(getattr(args, "tta_scales", DEFAULT_SCALES), "--tta-scales")}
+    if hasattr(args, "tta_flip"):
+        options["tta_flip"] = args.tta_flip
+    return options
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
@@ -110,6 +149,11 @@ def run(args: argparse.Namespace) -> int:
     batch_size = getattr(args, "batch_size", 1)
     if batch_size < 1:
         print(f"error: --batch-size must be >= 1, got {batch_size}", file=sys.stderr)
+        return 2
+    try:
+        options.update(tta_options(args))
+    except (TypeError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     segmenter = Segmenter.from_pretrained(args.model, device=args.device)
     out = Path(args.out)
