@@ -10,6 +10,7 @@ from .config import Mask2FormerConfig, MaskFormerConfig, SwinConfig
 from .modeling.mask2former import Mask2FormerForUniversalSegmentation, Mask2FormerModel
 from .modeling.maskformer import MaskFormerForInstanceSegmentation, MaskFormerModel
 from .modeling.outputs import Mask2FormerForUniversalSegmentationOutput, Mask2FormerModelOutput
+from .presets import list_models
 from .processing.image_processor import Mask2FormerImageProcessor, MaskFormerImageProcessor
 from .segmenter import Segmenter, SegmentationResult
 
@@ -29,4 +30,5 @@ __all__ = [
     "MaskFormerImageProcessor",
     "Segmenter",
     "SegmentationResult",
+    "list_models",
 ]
