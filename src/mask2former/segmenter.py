@@ -9,6 +9,7 @@ the original Mask2Former code does (``transformers`` resizes every mask to 384x3
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .modeling.mask2former import Mask2FormerForUniversalSegmentation
+from .modeling.maskformer import MaskFormerForInstanceSegmentation
 from .processing.image_processor import Mask2FormerImageProcessor
 from .processing.postprocess import (
     post_process_instance_segmentation,
@@ -183,14 +185,14 @@ class Segmenter:
     """A model and its image processor, answering segmentation questions about images.
 
     Args:
-        model: a Mask2Former model with its class head.
+        model: a Mask2Former or MaskFormer model with its heads.
         processor: the image processor matching the model (resize, normalize, pad).
         device: where to run (default: the model's device).
     """
 
     def __init__(
         self,
-        model: Mask2FormerForUniversalSegmentation,
+        model: Mask2FormerForUniversalSegmentation | MaskFormerForInstanceSegmentation,
         processor: Mask2FormerImageProcessor | None = None,
         device: str | torch.device | None = None,
     ) -> None:
@@ -206,24 +208,45 @@ class Segmenter:
     def from_pretrained(
         cls, path_or_hub_id: str | os.PathLike | None = None, device: str | torch.device | None = None, **kwargs: Any
     ) -> Segmenter:
-        """Load the model and, if the checkpoint has a ``preprocessor_config.json``, its image processor.
+        """Load the model and its image processor.
 
         Args:
-            path_or_hub_id: a checkpoint folder or hub id; None: the small model bundled with the package (trained
-                on synthetic scenes: sky, ground, water and five shapes).
+            path_or_hub_id: a checkpoint folder or hub id (Mask2Former or MaskFormer, as its ``config.json`` says); a
+                preset name (``mask2former.list_models()``), resolved through its hub id, from the Hugging Face cache
+                first; an original detectron2 ``.pkl``/``.pth`` file, with ``config=`` a preset name or a config
+                (not needed when the file has its model-zoo name); None: the small model bundled with the package
+                (trained on synthetic scenes: sky, ground, water and five shapes).
             device: where to run (default: CPU).
-            kwargs: passed on to :meth:`Mask2FormerForUniversalSegmentation.from_pretrained`.
+            kwargs: passed on to the model class's ``from_pretrained``.
+
+        The image processor is the checkpoint's ``preprocessor_config.json``, the original test-time resize of a
+        preset for a detectron2 file, and the default one otherwise.
         """
         from .checkpoints.default import default_model_path
+        from .checkpoints.detectron2 import is_detectron2_file, load_detectron2_checkpoint, resolve_detectron2_config
         from .checkpoints.hf import resolve_checkpoint
+        from .presets import resolve_hub_id
 
         if path_or_hub_id is None:
             path_or_hub_id = default_model_path()
-        model = Mask2FormerForUniversalSegmentation.from_pretrained(path_or_hub_id, **kwargs)
-        folder = resolve_checkpoint(path_or_hub_id)
+        if is_detectron2_file(path_or_hub_id):
+            config = kwargs.pop("config", None)
+            _, preset = resolve_detectron2_config(config, path_or_hub_id)
+            model = load_detectron2_checkpoint(None, path_or_hub_id, config=config, **kwargs)
+            processor = preset.image_processor() if preset is not None else Mask2FormerImageProcessor()
+            return cls(model, processor, device=device)
+        folder = Path(
+            resolve_checkpoint(
+                resolve_hub_id(path_or_hub_id), revision=kwargs.get("revision"), cache_dir=kwargs.get("cache_dir")
+            )
+        )
+        with open(folder / "config.json", encoding="utf-8") as handle:
+            model_type = json.load(handle).get("model_type")
+        model_class = MaskFormerForInstanceSegmentation if model_type == "maskformer" else Mask2FormerForUniversalSegmentation
+        model = model_class.from_pretrained(folder, **kwargs)
         processor = (
             Mask2FormerImageProcessor.from_pretrained(folder)
-            if (Path(folder) / "preprocessor_config.json").is_file()
+            if (folder / "preprocessor_config.json").is_file()
             else Mask2FormerImageProcessor()
         )
         return cls(model, processor, device=device)

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from . import demo, evaluate, make_synthetic, predict
-from . import train
+from . import convert, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_parser(subcommands)
     evaluate.add_parser(subcommands)
     train.add_parser(subcommands)
+    convert.add_parser(subcommands)
     return parser
 
 

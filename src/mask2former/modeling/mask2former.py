@@ -53,10 +53,17 @@ class Mask2FormerModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, **kwargs: Any) -> Mask2FormerModel:
-        """Load a checkpoint in the Hugging Face layout; see :func:`mask2former.checkpoints.hf.load_pretrained`."""
+        """Load a checkpoint: a folder or hub id in the Hugging Face layout (see
+        :func:`mask2former.checkpoints.hf.load_pretrained`), a preset name (its hub id, see
+        :func:`mask2former.list_models`), or an original detectron2 ``.pkl``/``.pth`` file with ``config=`` a preset
+        name or a config (see :func:`mask2former.checkpoints.detectron2.load_detectron2_checkpoint`)."""
+        from ..checkpoints.detectron2 import is_detectron2_file, load_detectron2_checkpoint
         from ..checkpoints.hf import load_pretrained
+        from ..presets import resolve_hub_id
 
-        return load_pretrained(cls, path_or_hub_id, **kwargs)
+        if is_detectron2_file(path_or_hub_id):
+            return load_detectron2_checkpoint(cls, path_or_hub_id, **kwargs)
+        return load_pretrained(cls, resolve_hub_id(path_or_hub_id), **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``config.json`` and ``model.safetensors`` in the layout ``transformers`` loads."""
