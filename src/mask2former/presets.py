@@ -255,7 +255,7 @@ def markdown_table() -> str:
     ]
     for preset in _load():
         hub = f"`{preset.hf_id}`" if preset.hf_id else "-"
-        name = f"`{preset.name}`" if preset.loadable else f"`{preset.name}` (not supported: {preset.note})"
+        name = f"`{preset.name}`" if preset.loadable else f"`{preset.name}` (not supported)"
         lines.append(
             f"| {name} | {preset.backbone_label} | {preset.task} | {preset.dataset} | {preset.num_labels} | "
             f"{preset.num_queries} | {_format_metrics(preset.metrics)} | {hub} | "
