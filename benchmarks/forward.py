@@ -19,9 +19,8 @@ import statistics
 import tempfile
 import time
 
-
-
 from allocator import add_allocator_argument, allocator_label, rerun_under_both_allocators
+
 
 def parse_size(text: str) -> tuple[int, int]:
     height, width = text.lower().split("x")

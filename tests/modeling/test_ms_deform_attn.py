@@ -48,7 +48,7 @@ def test_gather_gradients_match_grid_sample():
 
 def test_module_implementations_agree_and_bad_name_is_rejected():
     torch.manual_seed(0)
-    fast = MultiScaleDeformableAttention(embed_dim=32, num_heads=4, num_levels=3, num_points=4)
+    fast = MultiScaleDeformableAttention(embed_dim=32, num_heads=4, num_levels=3, num_points=4, implementation="gather")
     reference = MultiScaleDeformableAttention(
         embed_dim=32, num_heads=4, num_levels=3, num_points=4, implementation="grid_sample"
     )
@@ -63,3 +63,20 @@ def test_module_implementations_agree_and_bad_name_is_rejected():
     )
     with pytest.raises(ValueError, match="implementation must be one of"):
         MultiScaleDeformableAttention(implementation="cuda")
+
+
+def test_auto_implementation_gathers_without_gradients_and_samples_with_them(monkeypatch):
+    from mask2former.modeling import ms_deform_attn
+
+    calls = []
+    for name, function in list(ms_deform_attn.IMPLEMENTATIONS.items()):
+        monkeypatch.setitem(
+            ms_deform_attn.IMPLEMENTATIONS, name, lambda *args, _f=function, _n=name: calls.append(_n) or _f(*args)
+        )
+    module = MultiScaleDeformableAttention(embed_dim=32, num_heads=4, num_levels=3, num_points=4)
+    value = torch.randn(1, sum(h * w for h, w in SHAPES), 32)
+    inputs = (torch.randn(1, 5, 32), torch.rand(1, 5, 3, 2), value, SHAPES)
+    with torch.no_grad():
+        module(*inputs)
+    module(*inputs).sum().backward()
+    assert calls == ["gather", "grid_sample"]

@@ -124,8 +124,9 @@ class MultiScaleDeformableAttention(nn.Module):
         num_heads: attention heads M; C must be divisible by M.
         num_levels: feature levels L.
         num_points: sampling points P per level and head.
-        implementation: "gather" (fast, ``embedding_bag``) or "grid_sample" (the original's reference); both are
-            tested to agree.
+        implementation: "auto" (default: "gather" when no gradient is needed, "grid_sample" when one is, as the
+            backward of ``embedding_bag`` sorts all its indices and is the slower one), "gather" (one
+            ``embedding_bag``) or "grid_sample" (the original's reference); all are tested to agree.
     """
 
     def __init__(
@@ -135,11 +136,13 @@ class MultiScaleDeformableAttention(nn.Module):
         num_heads: int = 8,
         num_levels: int = 3,
         num_points: int = 4,
-        implementation: str = "gather",
+        implementation: str = "auto",
     ) -> None:
         super().__init__()
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"implementation must be one of {sorted(IMPLEMENTATIONS)}, got {implementation!r}")
+        if implementation != "auto" and implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"implementation must be one of {['auto', *sorted(IMPLEMENTATIONS)]}, got {implementation!r}"
+            )
         self.implementation = implementation
         if embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
@@ -207,5 +210,8 @@ class MultiScaleDeformableAttention(nn.Module):
             [[width, height] for height, width in spatial_shapes], dtype=query.dtype, device=query.device
         )  # (L, 2)
         locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        output = IMPLEMENTATIONS[self.implementation](value, spatial_shapes, locations, weights)
+        implementation = self.implementation
+        if implementation == "auto":
+            implementation = "grid_sample" if torch.is_grad_enabled() and value.requires_grad else "gather"
+        output = IMPLEMENTATIONS[implementation](value, spatial_shapes, locations, weights)
         return self.output_proj(output)
