@@ -11,16 +11,14 @@ The translation is one explicit table of key prefixes (``_RENAMES``), read in bo
   ``model.layernorm``. Both layouts load (told by the keys); we save the MaskFormerSwin one, which is what
   ``transformers`` loads. A ResNet backbone has the layout of Mask2Former's (see ``checkpoints/hf.py``).
 
-The helpers shared with Mask2Former (prefix rules, key check, hub resolution, file reading) come from
-:mod:`mask2former.checkpoints.hf`.
+Loading, saving and the translation steps shared with Mask2Former (prefix rules, q/k/v packing, key check, hub
+resolution) are :class:`mask2former.checkpoints.hf.TransformersLayout`; this module gives it MaskFormer's pieces.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,20 +26,8 @@ from torch import Tensor, nn
 
 from ..config import MaskFormerConfig, SwinConfig
 from ..modeling.backbones.swin import _relative_position_index
-from ..modeling.maskformer import MaskFormerForInstanceSegmentation
-from .hf import (
-    _compile,
-    _rename,
-    backbone_keys_from_transformers,
-    backbone_keys_to_transformers,
-    check_state_dict,
-    resolve_checkpoint,
-)
-from .io import SAFETENSORS_NAME, load_weights, save_safetensors
+from .hf import BACKBONE_PREFIX, TransformersLayout, backbone_keys_from_transformers, backbone_keys_to_transformers
 
-logger = logging.getLogger(__name__)
-
-BACKBONE_PREFIX = "model.pixel_level_module.encoder."
 _DECODER = "model.transformer_module.decoder.layers.{n}."
 
 # (transformers key prefix, our key prefix); "{n}" stands for a layer number. The first match wins.
@@ -67,14 +53,6 @@ _RENAMES: list[tuple[str, str]] = [
     ("mask_embedder.{n}.0.", "mask_head.layers.{n}."),
 ]
 
-# Saved by transformers, not part of the network: the loss's class weights (derived from the config).
-_IGNORED_ON_LOAD = ("criterion.empty_weight",)
-
-_FORWARD = [(_compile(theirs), ours) for theirs, ours in _RENAMES]
-_BACKWARD = [(_compile(ours), theirs) for theirs, ours in _RENAMES]
-
-_PROJECTION = re.compile(r"(transformer_decoder\.layers\.\d+\.(?:self|cross)_attn)\.([qkv])_proj\.(weight|bias)$")
-_PACKED = re.compile(r"(transformer_decoder\.layers\.\d+\.(?:self|cross)_attn)\.in_proj_(weight|bias)$")
 _MASKFORMER_SWIN_NORM = re.compile(r"hidden_states_norms\.stage(\d+)\.")
 
 
@@ -114,54 +92,26 @@ def _backbone_to_transformers(state: dict[str, Tensor], config: MaskFormerConfig
     return out
 
 
+LAYOUT = TransformersLayout(
+    config_class=MaskFormerConfig,
+    renames=_RENAMES,
+    packed_attention=r"transformer_decoder\.layers\.\d+\.(?:self|cross)_attn",
+    backbone_from_transformers=_backbone_from_transformers,
+    backbone_to_transformers=_backbone_to_transformers,
+)
+
+
 def state_dict_from_transformers(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Translate a ``transformers`` MaskFormer state dict (saved layout) into our key layout.
 
     Keys that no rule knows are kept as they are, so the key check reports them as unexpected.
     """
-    if not any(key.startswith("model.") for key in state):  # a MaskFormerModel checkpoint: no "model." prefix
-        state = {f"model.{key}": value for key, value in state.items()}
-    ours = {f"backbone.{key}": value for key, value in _backbone_from_transformers(state).items()}
-    parts: dict[tuple[str, str], dict[str, Tensor]] = {}
-    for key, value in state.items():
-        if key.startswith(BACKBONE_PREFIX) or key in _IGNORED_ON_LOAD:
-            continue
-        key = _rename(key, _FORWARD) or key
-        match = _PROJECTION.match(key)
-        if match:
-            parts.setdefault((match[1], match[3]), {})[match[2]] = value
-        else:
-            ours[key] = value
-    for (module, kind), pieces in parts.items():
-        if set(pieces) == {"q", "k", "v"}:
-            ours[f"{module}.in_proj_{kind}"] = torch.cat([pieces["q"], pieces["k"], pieces["v"]])  # rows q, k, v
-        else:  # incomplete: keep as is so that the key check reports it
-            ours.update({f"{module}.{name}_proj.{kind}": value for name, value in pieces.items()})
-    return ours
+    return LAYOUT.from_transformers(state)
 
 
 def state_dict_to_transformers(state: dict[str, Tensor], config: MaskFormerConfig) -> dict[str, Tensor]:
     """Translate our state dict into the layout ``transformers`` saves and loads."""
-    backbone = {key[len("backbone.") :]: value for key, value in state.items() if key.startswith("backbone.")}
-    theirs = _backbone_to_transformers(backbone, config)
-    for key, value in state.items():
-        if key.startswith("backbone."):
-            continue
-        match = _PACKED.match(key)
-        pieces = zip("qkv", value.chunk(3)) if match else [(None, value)]
-        for name, piece in pieces:
-            ours = f"{match[1]}.{name}_proj.{match[2]}" if match else key
-            renamed = _rename(ours, _BACKWARD)
-            if renamed is None:
-                raise ValueError(f"no transformers name for our parameter {key!r}")
-            theirs[renamed] = piece.clone() if match else piece
-    if "class_predictor.weight" in theirs:
-        empty_weight = torch.ones(config.num_labels + 1)
-        empty_weight[-1] = config.no_object_weight
-        theirs["criterion.empty_weight"] = empty_weight
-    else:  # a MaskFormerModel: transformers' base model has no "model." prefix
-        theirs = {key.removeprefix("model."): value for key, value in theirs.items()}
-    return theirs
+    return LAYOUT.to_transformers(state, config)
 
 
 def load_pretrained(
@@ -189,49 +139,17 @@ def load_pretrained(
         ValueError: the checkpoint is not a MaskFormer one (e.g. a Mask2Former ``config.json``), or its weights do
             not fit its config (the message lists the missing, unexpected and wrongly shaped keys).
     """
-    folder = resolve_checkpoint(path_or_hub_id, revision=revision, cache_dir=cache_dir)
-    try:
-        config = MaskFormerConfig.from_pretrained(folder)
-    except ValueError as error:
-        raise ValueError(f"cannot load {str(path_or_hub_id)!r} as {cls.__name__}: {error}") from error
-    state = state_dict_from_transformers(load_weights(folder))
-    has_heads = issubclass(cls, MaskFormerForInstanceSegmentation)
-    if not has_heads:
-        state = {key: value for key, value in state.items() if not key.startswith(("class_head.", "mask_head."))}
-    if id2label is not None or (num_labels is not None and num_labels != config.num_labels):
-        if id2label is None:
-            id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
-        id2label = {int(k): v for k, v in id2label.items()}
-        if num_labels is not None and num_labels != len(id2label):
-            raise ValueError(f"num_labels={num_labels} does not match id2label with {len(id2label)} entries")
-        checkpoint_labels = config.num_labels
-        reinitialize = has_heads and len(id2label) != checkpoint_labels
-        config.id2label, config.num_labels = id2label, len(id2label)
-        model = cls.from_config(config)
-        if reinitialize:
-            logger.warning(
-                "re-initializing the class head of %s: the checkpoint has %d classes, %d were asked for",
-                path_or_hub_id,
-                checkpoint_labels,
-                len(id2label),
-            )
-            state.update({f"class_head.{key}": value for key, value in model.class_head.state_dict().items()})
-    else:
-        model = cls.from_config(config)
-    check_state_dict(model, state, str(folder))
-    model.load_state_dict(state, strict=True)
-    model.eval()
-    if map_location is not None:
-        model.to(map_location)
-    return model
+    return LAYOUT.load(
+        cls,
+        path_or_hub_id,
+        num_labels=num_labels,
+        id2label=id2label,
+        revision=revision,
+        cache_dir=cache_dir,
+        map_location=map_location,
+    )
 
 
 def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> None:
     """Write ``config.json`` and ``model.safetensors`` into ``directory`` in the ``transformers`` layout."""
-    config = getattr(model, "config", None)
-    if not isinstance(config, MaskFormerConfig):
-        raise ValueError("the model has no MaskFormerConfig: build it with from_config or from_pretrained to save it")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_safetensors(state_dict_to_transformers(model.state_dict(), config), directory / SAFETENSORS_NAME)
-    config.save_pretrained(directory)
+    LAYOUT.save(model, directory)
