@@ -7,20 +7,22 @@ what the released checkpoints hold. Both keep the public names of ``transformers
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
+from ..checkpoints.hf import LAYOUT
 from ..config import Mask2FormerConfig
+from .base import SegmentationModel
+from .build import build_mask2former_parts
 from .outputs import Mask2FormerForUniversalSegmentationOutput, Mask2FormerModelOutput
 
 if TYPE_CHECKING:  # imported at first use: the training package may import the model
     from ..training.criterion import Mask2FormerCriterion
 
 
-class Mask2FormerModel(nn.Module):
+class Mask2FormerModel(SegmentationModel):
     """The Mask2Former network without the class head.
 
     Args:
@@ -30,65 +32,8 @@ class Mask2FormerModel(nn.Module):
         config: the config the parts were built from; kept for ``save_pretrained``.
     """
 
-    def __init__(
-        self,
-        *,
-        backbone: nn.Module,
-        pixel_decoder: nn.Module,
-        transformer_decoder: nn.Module,
-        config: Mask2FormerConfig | None = None,
-    ) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.pixel_decoder = pixel_decoder
-        self.transformer_decoder = transformer_decoder
-        self.config = config
-
-    @classmethod
-    def from_config(cls, config: Mask2FormerConfig, **kwargs: Any) -> Mask2FormerModel:
-        """A randomly initialized model of this architecture."""
-        from .build import build_mask2former_parts
-
-        return cls(**build_mask2former_parts(config), config=config, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, path_or_hub_id: str | os.PathLike, **kwargs: Any) -> Mask2FormerModel:
-        """Load a checkpoint: a folder or hub id in the Hugging Face layout (see
-        :func:`mask2former.checkpoints.hf.load_pretrained`), a preset name (its hub id, see
-        :func:`mask2former.list_models`), or an original detectron2 ``.pkl``/``.pth`` file with ``config=`` a preset
-        name or a config (see :func:`mask2former.checkpoints.detectron2.load_detectron2_checkpoint`)."""
-        from ..checkpoints.detectron2 import is_detectron2_file, load_detectron2_checkpoint
-        from ..checkpoints.hf import load_pretrained
-        from ..presets import resolve_hub_id
-
-        if is_detectron2_file(path_or_hub_id):
-            return load_detectron2_checkpoint(cls, path_or_hub_id, **kwargs)
-        return load_pretrained(cls, resolve_hub_id(path_or_hub_id), **kwargs)
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` in the layout ``transformers`` loads."""
-        from ..checkpoints.hf import save_pretrained
-
-        save_pretrained(self, directory)
-
-    def _check_inputs(self, pixel_values: Tensor, pixel_mask: Tensor | None) -> None:
-        if not isinstance(pixel_values, Tensor):
-            raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
-        if pixel_values.dim() != 4:
-            raise ValueError(f"pixel_values must have shape (B, C, H, W), got {tuple(pixel_values.shape)}")
-        channels = self.backbone.in_channels
-        if pixel_values.shape[1] != channels:
-            raise ValueError(
-                f"pixel_values must have {channels} channels (B, {channels}, H, W), got {tuple(pixel_values.shape)}"
-            )
-        if not pixel_values.is_floating_point():
-            raise ValueError(
-                f"pixel_values must be a floating-point tensor (normalized image), got dtype {pixel_values.dtype}"
-            )
-        if pixel_mask is not None:
-            expected = (pixel_values.shape[0], *pixel_values.shape[2:])
-            if tuple(pixel_mask.shape) != expected:
-                raise ValueError(f"pixel_mask must have shape {expected} (B, H, W), got {tuple(pixel_mask.shape)}")
+    _build_parts = staticmethod(build_mask2former_parts)
+    _checkpoint_layout = LAYOUT
 
     def forward(
         self,
@@ -197,38 +142,19 @@ class Mask2FormerForUniversalSegmentation(Mask2FormerModel):
             and ``loss_dict`` (the weighted terms of the last prediction and, if the config's
             ``use_auxiliary_loss``, of every earlier one; see :class:`~mask2former.training.Mask2FormerCriterion`).
         """
-        with_targets = mask_labels is not None or class_labels is not None
-        if with_targets:
-            from ..training.criterion import validate_targets
-
-            self._check_inputs(pixel_values, pixel_mask)
-            validate_targets(
-                mask_labels,
-                class_labels,
-                batch_size=pixel_values.shape[0],
-                num_labels=self.num_labels,
-                image_size=tuple(pixel_values.shape[2:]),
-            )
+        self._check_targets(pixel_values, pixel_mask, mask_labels, class_labels)
         outputs = super().forward(pixel_values, pixel_mask, output_hidden_states)
         states = torch.stack(outputs.transformer_decoder_intermediate_states)  # (T, B, Q, C), T predictions
         class_logits = self.class_head(states)  # (T, B, Q, K + 1)
         if output_auxiliary_logits is None and self.config is not None:
             output_auxiliary_logits = self.config.output_auxiliary_logits
-        earlier = [
-            {"class_queries_logits": classes, "masks_queries_logits": masks}
-            for classes, masks in zip(class_logits[:-1], outputs.masks_queries_logits[:-1])
-        ]
-        loss = loss_dict = None
-        if with_targets:
-            use_auxiliary_loss = self.config.use_auxiliary_loss if self.config is not None else True
-            loss_dict = self.loss_criterion()(
-                class_logits[-1],
-                outputs.masks_queries_logits[-1],
-                mask_labels,
-                class_labels,
-                auxiliary_predictions=earlier if use_auxiliary_loss else None,
-            )
-            loss = sum(loss_dict.values())
+        earlier, loss, loss_dict = self._predictions_and_loss(
+            class_logits,
+            outputs.masks_queries_logits,
+            mask_labels,
+            class_labels,
+            use_auxiliary_loss=self.config.use_auxiliary_loss if self.config is not None else True,
+        )
         return Mask2FormerForUniversalSegmentationOutput(
             class_queries_logits=class_logits[-1],
             masks_queries_logits=outputs.masks_queries_logits[-1],

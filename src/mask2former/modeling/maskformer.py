@@ -15,14 +15,15 @@ config's ``use_auxiliary_loss`` is set; the final prediction is the same in both
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
+from ..checkpoints.hf_maskformer import LAYOUT
 from ..config import MaskFormerConfig
-from .mask2former import Mask2FormerModel
+from .base import SegmentationModel
+from .build import build_maskformer_parts
 from .outputs import MaskFormerForInstanceSegmentationOutput, MaskFormerModelOutput
 from .transformer_decoder import MLP
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:  # imported at first use: the training package may import the 
     from ..training.maskformer_criterion import MaskFormerCriterion
 
 
-class MaskFormerModel(nn.Module):
+class MaskFormerModel(SegmentationModel):
     """The MaskFormer network without the heads.
 
     Args:
@@ -40,50 +41,8 @@ class MaskFormerModel(nn.Module):
         config: the config the parts were built from; kept for ``save_pretrained``.
     """
 
-    def __init__(
-        self,
-        *,
-        backbone: nn.Module,
-        pixel_decoder: nn.Module,
-        transformer_decoder: nn.Module,
-        config: MaskFormerConfig | None = None,
-    ) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.pixel_decoder = pixel_decoder
-        self.transformer_decoder = transformer_decoder
-        self.config = config
-
-    @classmethod
-    def from_config(cls, config: MaskFormerConfig, **kwargs: Any) -> MaskFormerModel:
-        """A randomly initialized model of this architecture."""
-        from .build import build_maskformer_parts
-
-        return cls(**build_maskformer_parts(config), config=config, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, path_or_hub_id: str | os.PathLike, **kwargs: Any) -> MaskFormerModel:
-        """Load a checkpoint: a folder or hub id in the Hugging Face layout (see
-        :func:`mask2former.checkpoints.hf_maskformer.load_pretrained` for the options), a preset name (its hub id),
-        or an original detectron2 ``.pkl``/``.pth`` file with ``config=`` a preset name or a config (see
-        :func:`mask2former.checkpoints.detectron2.load_detectron2_checkpoint`).
-        """
-        from ..checkpoints.detectron2 import is_detectron2_file, load_detectron2_checkpoint
-        from ..checkpoints.hf_maskformer import load_pretrained
-        from ..presets import resolve_hub_id
-
-        if is_detectron2_file(path_or_hub_id):
-            return load_detectron2_checkpoint(cls, path_or_hub_id, **kwargs)
-        return load_pretrained(cls, resolve_hub_id(path_or_hub_id), **kwargs)
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` in the layout ``transformers`` loads."""
-        from ..checkpoints.hf_maskformer import save_pretrained
-
-        save_pretrained(self, directory)
-
-    # The same checks as Mask2Former's: they only read ``self.backbone.in_channels``.
-    _check_inputs = Mask2FormerModel._check_inputs
+    _build_parts = staticmethod(build_maskformer_parts)
+    _checkpoint_layout = LAYOUT
 
     def forward(
         self,
@@ -203,18 +162,7 @@ class MaskFormerForInstanceSegmentation(MaskFormerModel):
             terms of the last prediction and, if the config's ``use_auxiliary_loss``, of every earlier one; see
             :class:`~mask2former.training.maskformer_criterion.MaskFormerCriterion`).
         """
-        with_targets = mask_labels is not None or class_labels is not None
-        if with_targets:
-            from ..training.criterion import validate_targets
-
-            self._check_inputs(pixel_values, pixel_mask)
-            validate_targets(
-                mask_labels,
-                class_labels,
-                batch_size=pixel_values.shape[0],
-                num_labels=self.num_labels,
-                image_size=tuple(pixel_values.shape[2:]),
-            )
+        with_targets = self._check_targets(pixel_values, pixel_mask, mask_labels, class_labels)
         outputs = super().forward(pixel_values, pixel_mask, output_hidden_states)
         if output_auxiliary_logits is None and self.config is not None:
             output_auxiliary_logits = self.config.output_auxiliary_logits
@@ -229,20 +177,9 @@ class MaskFormerForInstanceSegmentation(MaskFormerModel):
         mask_logits = torch.einsum(
             "tbqc,bchw->tbqhw", self.mask_head(states), outputs.pixel_decoder_last_hidden_state
         )  # (T, B, Q, H/4, W/4)
-        earlier = [
-            {"class_queries_logits": classes, "masks_queries_logits": masks}
-            for classes, masks in zip(class_logits[:-1], mask_logits[:-1])
-        ]
-        loss = loss_dict = None
-        if with_targets:
-            loss_dict = self.loss_criterion()(
-                class_logits[-1],
-                mask_logits[-1],
-                mask_labels,
-                class_labels,
-                auxiliary_predictions=earlier if use_auxiliary_loss else None,
-            )
-            loss = sum(loss_dict.values())
+        earlier, loss, loss_dict = self._predictions_and_loss(
+            class_logits, mask_logits, mask_labels, class_labels, use_auxiliary_loss=use_auxiliary_loss
+        )
         return MaskFormerForInstanceSegmentationOutput(
             class_queries_logits=class_logits[-1],
             masks_queries_logits=mask_logits[-1],
