@@ -228,9 +228,8 @@ class TransformersLayout:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` in the ``transformers`` layout."""
         config = getattr(model, "config", None)
         if not isinstance(config, self.config_class):
-            raise ValueError(
-                f"the model has no {self.config_class.__name__}: build it with from_config or from_pretrained to save it"
-            )
+            name = self.config_class.__name__
+            raise ValueError(f"the model has no {name}: build it with from_config or from_pretrained to save it")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_safetensors(self.to_transformers(model.state_dict(), config), directory / SAFETENSORS_NAME)

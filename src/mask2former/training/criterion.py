@@ -248,9 +248,11 @@ class Mask2FormerCriterion:
         queries = torch.cat([queries for queries, _ in matches]).to(device)  # (R,)
         target_indices = [indices.to(device) for _, indices in matches]  # per image (min(Q, N_i),)
         with torch.autocast(device_type=device.type, enabled=False):
-            mask_loss, dice = self._mask_losses(
-                masks_queries_logits, mask_labels, images, queries, target_indices, num_masks
-            )
+            predicted = masks_queries_logits[images, queries].float()  # (R, h, w)
+            target_masks = torch.cat(
+                [masks.to(device)[index] for masks, index in zip(mask_labels, target_indices)]
+            ).float()  # (R, H, W)
+            mask_loss, dice = self._mask_losses(predicted, target_masks, num_masks)
             cross_entropy = self._class_loss(class_queries_logits, class_labels, images, queries, target_indices)
         return {
             "loss_mask": mask_loss * self.mask_weight,
@@ -277,19 +279,10 @@ class Mask2FormerCriterion:
         return F.cross_entropy(logits, target_classes, weight=weight)
 
     def _mask_losses(
-        self,
-        masks_queries_logits: Tensor,
-        mask_labels: Sequence[Tensor],
-        images: Tensor,
-        queries: Tensor,
-        target_indices: Sequence[Tensor],
-        num_masks: Tensor | float,
+        self, predicted: Tensor, target_masks: Tensor, num_masks: Tensor | float
     ) -> tuple[Tensor, Tensor]:
-        device = masks_queries_logits.device
-        predicted = masks_queries_logits[images, queries].float()  # (R, h, w)
-        target_masks = torch.cat(
-            [masks.to(device)[index] for masks, index in zip(mask_labels, target_indices)]
-        ).float()  # (R, H, W)
+        """``loss_mask`` and ``loss_dice`` (unweighted) of the matched masks: predicted (R, h, w) float32 logits
+        against target_masks (R, H, W), at importance-sampled points."""
         points = sample_uncertain_points(
             predicted, self.num_points, self.oversample_ratio, self.importance_sample_ratio
         )  # (R, P, 2)

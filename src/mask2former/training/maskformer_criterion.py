@@ -20,16 +20,14 @@ batch, P pixels of a mask, H/W height/width.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from .criterion import Mask2FormerCriterion, dice_loss
-from .matcher import pairwise_dice
+from .matcher import HungarianMatcher
 
 
 def sigmoid_focal_loss(
@@ -69,10 +67,11 @@ def pairwise_sigmoid_focal(mask_logits: Tensor, targets: Tensor, alpha: float = 
     return (positive @ targets.T + negative @ (1 - targets).T) / mask_logits.shape[1]  # (Q, N)
 
 
-class MaskFormerMatcher:
+class MaskFormerMatcher(HungarianMatcher):
     """One-to-one assignment of queries to targets minimizing the class + focal + dice cost on whole masks.
 
-    Holds no tensors, so it follows its inputs to any device.
+    Called as :class:`~mask2former.training.matcher.HungarianMatcher`, whose ``num_points`` it does not use. Holds no
+    tensors, so it follows its inputs to any device.
 
     Args:
         class_weight: weight of the class cost (-probability of the target class).
@@ -81,11 +80,7 @@ class MaskFormerMatcher:
     """
 
     def __init__(self, *, class_weight: float = 1.0, mask_weight: float = 20.0, dice_weight: float = 1.0) -> None:
-        if class_weight == 0 and mask_weight == 0 and dice_weight == 0:
-            raise ValueError("at least one of class_weight, mask_weight and dice_weight must be non-zero")
-        self.class_weight = class_weight
-        self.mask_weight = mask_weight
-        self.dice_weight = dice_weight
+        super().__init__(class_weight=class_weight, mask_weight=mask_weight, dice_weight=dice_weight)
 
     def cost_matrix(
         self, class_logits: Tensor, mask_logits: Tensor, mask_labels: Tensor, class_labels: Tensor
@@ -98,56 +93,14 @@ class MaskFormerMatcher:
             mask_labels: (N, H, W) target masks, resized (nearest) to (h, w) here.
             class_labels: (N,) target classes.
         """
+        if class_labels.numel() == 0:
+            return mask_logits.new_empty(mask_logits.shape[0], 0, dtype=torch.float32)
         device = mask_logits.device
         with torch.autocast(device_type=device.type, enabled=False):
-            probabilities = class_logits.float().softmax(-1)  # (Q, K + 1)
             targets = mask_labels.to(device, torch.float32)[:, None]  # (N, 1, H, W)
             targets = F.interpolate(targets, size=mask_logits.shape[-2:], mode="nearest").flatten(1)  # (N, h*w)
             predicted = mask_logits.float().flatten(1)  # (Q, h*w)
-            cost = (
-                self.mask_weight * pairwise_sigmoid_focal(predicted, targets)
-                - self.class_weight * probabilities[:, class_labels]
-                + self.dice_weight * pairwise_dice(predicted, targets)
-            )  # (Q, N)
-            largest = torch.finfo(cost.dtype).max
-            return torch.nan_to_num(cost, nan=largest, posinf=largest, neginf=largest)
-
-    @torch.no_grad()
-    def __call__(
-        self,
-        class_queries_logits: Tensor,
-        masks_queries_logits: Tensor,
-        mask_labels: Sequence[Tensor],
-        class_labels: Sequence[Tensor],
-    ) -> list[tuple[Tensor, Tensor]]:
-        """Match the queries of each image to its targets.
-
-        Args:
-            class_queries_logits: (B, Q, K + 1) class logits.
-            masks_queries_logits: (B, Q, h, w) mask logits.
-            mask_labels: B tensors (N_i, H, W), the target masks (0/1; float, bool or integer).
-            class_labels: B int64 tensors (N_i,), the target classes in [0, K).
-
-        Returns:
-            B pairs ``(query_indices, target_indices)`` of int64 CPU tensors of length min(Q, N_i), query indices
-            increasing: query ``query_indices[k]`` predicts target ``target_indices[k]``.
-        """
-        num_queries = masks_queries_logits.shape[1]
-        costs = [
-            self.cost_matrix(class_logits, mask_logits, masks, labels.to(class_logits.device))
-            if labels.numel() > 0
-            else masks_queries_logits.new_empty(num_queries, 0, dtype=torch.float32)
-            for class_logits, mask_logits, masks, labels in zip(
-                class_queries_logits, masks_queries_logits, mask_labels, class_labels
-            )
-        ]
-        # One device-to-host transfer for the whole batch.
-        flat = torch.cat([cost.reshape(-1) for cost in costs]).cpu()  # (sum_i Q * N_i,)
-        matches = []
-        for cost, host in zip(costs, flat.split([cost.numel() for cost in costs])):
-            rows, columns = linear_sum_assignment(host.view(cost.shape).numpy())
-            matches.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(columns, dtype=torch.int64)))
-        return matches
+            return self._weighted_cost(class_logits, class_labels, predicted, targets, pairwise_sigmoid_focal)
 
 
 class MaskFormerCriterion(Mask2FormerCriterion):
@@ -201,19 +154,11 @@ class MaskFormerCriterion(Mask2FormerCriterion):
         )
 
     def _mask_losses(
-        self,
-        masks_queries_logits: Tensor,
-        mask_labels: Sequence[Tensor],
-        images: Tensor,
-        queries: Tensor,
-        target_indices: Sequence[Tensor],
-        num_masks: Tensor | float,
+        self, predicted: Tensor, target_masks: Tensor, num_masks: Tensor | float
     ) -> tuple[Tensor, Tensor]:
-        device = masks_queries_logits.device
-        target_masks = torch.cat(
-            [masks.to(device)[index] for masks, index in zip(mask_labels, target_indices)]
-        ).float()  # (R, H, W)
-        predicted = masks_queries_logits[images, queries].float()[:, None]  # (R, 1, h, w)
+        """``loss_mask`` (focal) and ``loss_dice`` (unweighted) of the matched masks: predicted (R, h, w) float32
+        logits upsampled to the targets' full resolution (R, H, W)."""
+        predicted = predicted[:, None]  # (R, 1, h, w)
         predicted = F.interpolate(predicted, size=target_masks.shape[-2:], mode="bilinear", align_corners=False)
         predicted = predicted.flatten(1)  # (R, H*W)
         target_masks = target_masks.flatten(1)  # (R, H*W)

@@ -15,7 +15,7 @@ Shape letters: B batch, Q queries, K classes (without "no object"), N targets of
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +60,8 @@ def pairwise_dice(mask_logits: Tensor, targets: Tensor) -> Tensor:
 class HungarianMatcher:
     """One-to-one assignment of queries to targets minimizing the weighted class + mask + dice cost.
 
-    Holds no tensors, so it follows its inputs to any device.
+    Holds no tensors, so it follows its inputs to any device. A subclass that compares masks otherwise replaces
+    ``cost_matrix`` (see :class:`~mask2former.training.maskformer_criterion.MaskFormerMatcher`).
 
     Args:
         class_weight: weight of the class cost (-probability of the target class).
@@ -98,19 +99,41 @@ class HungarianMatcher:
             class_labels: (N,) target classes.
         """
         device = mask_logits.device
+        # Drawn also for an image without targets, so that the random stream stays that of transformers.
         points = torch.rand(1, self.num_points, 2, device=device)  # (1, P, 2), shared by all pairs
+        if class_labels.numel() == 0:
+            return mask_logits.new_empty(mask_logits.shape[0], 0, dtype=torch.float32)
         with torch.autocast(device_type=device.type, enabled=False):
-            probabilities = class_logits.float().softmax(-1)  # (Q, K + 1)
-            class_cost = -probabilities[:, class_labels]  # (Q, N)
             predicted = point_sample(mask_logits.float().unsqueeze(0), points).squeeze(0)  # (Q, P)
             targets = point_sample(mask_labels.to(device, torch.float32).unsqueeze(0), points).squeeze(0)  # (N, P)
-            cost = (
-                self.mask_weight * pairwise_sigmoid_bce(predicted, targets)
-                + self.class_weight * class_cost
-                + self.dice_weight * pairwise_dice(predicted, targets)
-            )  # (Q, N)
-            largest = torch.finfo(cost.dtype).max
-            return torch.nan_to_num(cost, nan=largest, posinf=largest, neginf=largest)
+            return self._weighted_cost(class_logits, class_labels, predicted, targets, pairwise_sigmoid_bce)
+
+    def _weighted_cost(
+        self,
+        class_logits: Tensor,
+        class_labels: Tensor,
+        predicted: Tensor,
+        targets: Tensor,
+        pairwise_mask_cost: Callable[[Tensor, Tensor], Tensor],
+    ) -> Tensor:
+        """mask_weight * mask cost + class_weight * (-p(class)) + dice_weight * dice, in float32, the non-finite
+        entries replaced by the largest float32.
+
+        Args:
+            class_logits: (Q, K + 1) class logits.
+            class_labels: (N,) target classes.
+            predicted: (Q, P) float32 mask logits at the P compared points (or pixels).
+            targets: (N, P) float32 target values there.
+            pairwise_mask_cost: (Q, P), (N, P) -> (Q, N) mask cost.
+        """
+        probabilities = class_logits.float().softmax(-1)  # (Q, K + 1)
+        cost = (
+            self.mask_weight * pairwise_mask_cost(predicted, targets)
+            - self.class_weight * probabilities[:, class_labels]
+            + self.dice_weight * pairwise_dice(predicted, targets)
+        )  # (Q, N)
+        largest = torch.finfo(cost.dtype).max
+        return torch.nan_to_num(cost, nan=largest, posinf=largest, neginf=largest)
 
     @torch.no_grad()
     def __call__(
@@ -132,17 +155,12 @@ class HungarianMatcher:
             B pairs ``(query_indices, target_indices)`` of int64 CPU tensors of length min(Q, N_i), query indices
             increasing: query ``query_indices[k]`` predicts target ``target_indices[k]``.
         """
-        costs = []
-        for index in range(class_queries_logits.shape[0]):
-            labels = class_labels[index].to(class_queries_logits.device)
-            if labels.numel() == 0:
-                # Draw the points anyway, so that the random stream stays that of transformers.
-                torch.rand(1, self.num_points, 2, device=masks_queries_logits.device)
-                costs.append(masks_queries_logits.new_empty(masks_queries_logits.shape[1], 0, dtype=torch.float32))
-                continue
-            costs.append(
-                self.cost_matrix(class_queries_logits[index], masks_queries_logits[index], mask_labels[index], labels)
+        costs = [
+            self.cost_matrix(class_logits, mask_logits, masks, labels.to(class_logits.device))
+            for class_logits, mask_logits, masks, labels in zip(
+                class_queries_logits, masks_queries_logits, mask_labels, class_labels
             )
+        ]
         # One device-to-host transfer for the whole batch.
         flat = torch.cat([cost.reshape(-1) for cost in costs]).cpu()  # (sum_i Q * N_i,)
         matches = []
