@@ -80,8 +80,58 @@ class SwinConfig:
         return data
 
 
+class _ModelConfig:
+    """What the Mask2Former and MaskFormer configs share: their classes (``id2label``, ``num_labels``) and reading and
+    writing ``config.json`` through their ``from_dict`` and ``to_dict``."""
+
+    def _check_labels(self) -> None:
+        """``num_labels`` follows ``id2label`` when that is given (else 2); ``id2label`` defaults to ``LABEL_i``."""
+        self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+        if self.num_labels is None:
+            self.num_labels = len(self.id2label) if self.id2label else 2
+        if not self.id2label:
+            self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        if len(self.id2label) != self.num_labels:
+            raise ValueError(f"num_labels={self.num_labels} does not match id2label with {len(self.id2label)} entries")
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in self.id2label.items()}
+
+    @staticmethod
+    def _labels_from_dict(data: dict[str, Any]) -> None:
+        id2label = data.get("id2label")
+        if id2label is not None and "num_labels" not in data:
+            data["num_labels"] = len(id2label)
+
+    def _labels_to_dict(self, data: dict[str, Any]) -> None:
+        data["id2label"] = {str(i): name for i, name in sorted(self.id2label.items())}
+        data["label2id"] = {name: i for i, name in sorted(self.id2label.items())}
+        data.pop("num_labels")
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> Any:
+        """Read ``config.json`` from a folder (or the file itself)."""
+        path = Path(path)
+        file = path / CONFIG_NAME if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {str(path)!r}: expected a checkpoint folder with a config.json")
+        with open(file, encoding="utf-8") as handle:
+            return cls.from_dict(json.load(handle))
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` into ``directory`` (created if needed); returns the file's path."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        file = directory / CONFIG_NAME
+        with open(file, "w", encoding="utf-8") as handle:
+            json.dump(self.to_dict(), handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        return file
+
+
 @dataclass
-class Mask2FormerConfig:
+class Mask2FormerConfig(_ModelConfig):
     """Mask2Former config (``transformers.Mask2FormerConfig`` fields and defaults).
 
     The default backbone is the one ``transformers`` uses (Swin-S shaped: depths [2, 2, 18, 2], drop path 0.3).
@@ -128,20 +178,10 @@ class Mask2FormerConfig:
             raise ValueError(f"model_type must be 'mask2former', got {self.model_type!r}")
         if isinstance(self.backbone_config, dict):
             self.backbone_config = backbone_config_from_dict(self.backbone_config)
-        self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
-        if self.num_labels is None:
-            self.num_labels = len(self.id2label) if self.id2label else 2
-        if not self.id2label:
-            self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
-        if len(self.id2label) != self.num_labels:
-            raise ValueError(f"num_labels={self.num_labels} does not match id2label with {len(self.id2label)} entries")
+        self._check_labels()
         if self.decoder_layers < 1:
             raise ValueError(f"decoder_layers must be >= 1 (the initial prediction counts), got {self.decoder_layers}")
         self.feature_strides = [int(s) for s in self.feature_strides]
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        return {name: i for i, name in self.id2label.items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Mask2FormerConfig:
@@ -163,39 +203,15 @@ class Mask2FormerConfig:
             data.pop("backbone_config", None)
         elif isinstance(backbone, dict):
             data["backbone_config"] = backbone_config_from_dict(backbone)
-        id2label = data.get("id2label")
-        if id2label is not None and "num_labels" not in data:
-            data["num_labels"] = len(id2label)
+        cls._labels_from_dict(data)
         return _from_dict(cls, data)
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> Mask2FormerConfig:
-        """Read ``config.json`` from a folder (or the file itself)."""
-        path = Path(path)
-        file = path / CONFIG_NAME if path.is_dir() else path
-        if not file.is_file():
-            raise FileNotFoundError(f"no {CONFIG_NAME} in {str(path)!r}: expected a checkpoint folder with a config.json")
-        with open(file, encoding="utf-8") as handle:
-            return cls.from_dict(json.load(handle))
 
     def to_dict(self) -> dict[str, Any]:
         """The ``config.json`` contents that ``transformers.Mask2FormerConfig`` reads back to the same values."""
         data = _to_dict(self)
         data["backbone_config"] = self.backbone_config.to_dict()
-        data["id2label"] = {str(i): name for i, name in sorted(self.id2label.items())}
-        data["label2id"] = {name: i for i, name in sorted(self.id2label.items())}
-        data.pop("num_labels")
+        self._labels_to_dict(data)
         return data
-
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` into ``directory`` (created if needed); returns the file's path."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        file = directory / CONFIG_NAME
-        with open(file, "w", encoding="utf-8") as handle:
-            json.dump(self.to_dict(), handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        return file
 
 
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:
@@ -353,7 +369,7 @@ def _maskformer_default_backbone() -> SwinConfig:
 
 
 @dataclass
-class MaskFormerConfig:
+class MaskFormerConfig(_ModelConfig):
     """MaskFormer config (``transformers.MaskFormerConfig`` fields and defaults).
 
     ``backbone_config`` is a :class:`SwinConfig` (``model_type`` "swin" or "maskformer-swin": the released files say
@@ -387,17 +403,7 @@ class MaskFormerConfig:
             self.decoder_config = DetrDecoderConfig.from_dict(self.decoder_config)
         if isinstance(self.backbone_config, SwinConfig):
             self.backbone_config.out_features = ["stage1", "stage2", "stage3", "stage4"]
-        self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
-        if self.num_labels is None:
-            self.num_labels = len(self.id2label) if self.id2label else 2
-        if not self.id2label:
-            self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
-        if len(self.id2label) != self.num_labels:
-            raise ValueError(f"num_labels={self.num_labels} does not match id2label with {len(self.id2label)} entries")
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        return {name: i for i, name in self.id2label.items()}
+        self._check_labels()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MaskFormerConfig:
@@ -415,9 +421,7 @@ class MaskFormerConfig:
         for key in ("backbone_config", "decoder_config"):
             if data.get(key, ...) is None:  # transformers' defaults
                 data.pop(key)
-        id2label = data.get("id2label")
-        if id2label is not None and "num_labels" not in data:
-            data["num_labels"] = len(id2label)
+        cls._labels_from_dict(data)
         return _from_dict(cls, data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -425,14 +429,8 @@ class MaskFormerConfig:
         data = _to_dict(self)
         data["backbone_config"] = self.backbone_config.to_dict()
         data["decoder_config"] = self.decoder_config.to_dict()
-        data["id2label"] = {str(i): name for i, name in sorted(self.id2label.items())}
-        data["label2id"] = {name: i for i, name in sorted(self.id2label.items())}
-        data.pop("num_labels")
+        self._labels_to_dict(data)
         return data
-
-    # Reading and writing the file is Mask2Former's, through this class's from_dict and to_dict.
-    from_pretrained = classmethod(Mask2FormerConfig.from_pretrained.__func__)
-    save_pretrained = Mask2FormerConfig.save_pretrained
 
 
 __all__ = [
