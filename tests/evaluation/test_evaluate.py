@@ -173,7 +173,10 @@ def test_save_and_rescore_instance_and_semantic(synthetic, tmp_path):
         labels.append(4)
         masks = np.stack(masks)
         masks[0, 30:, 30:] |= rng.random((34, 34)) < 0.5  # a worse mask
-        segments = [Segment(id=i, label_id=l, label="", area=int(m.sum()), score=float(rng.random())) for i, (l, m) in enumerate(zip(labels, masks))]
+        segments = [
+            Segment(id=i, label_id=label, label="", area=int(mask.sum()), score=float(rng.random()))
+            for i, (label, mask) in enumerate(zip(labels, masks))
+        ]
         results[item["image"].tobytes()] = SegmentationResult("instance", masks.argmax(0), segments, {}, masks=masks)
     oracle = OracleSegmenter(results, len(instances.categories))
     report = evaluate(oracle, instances, "instance", progress=False, save_predictions=tmp_path / "saved")

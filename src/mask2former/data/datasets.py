@@ -43,15 +43,13 @@ IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-PACKAGED_CATEGORIES = ("ade20k", "cityscapes", "coco_instance", "coco_panoptic")
-
-
 def load_categories(name: str) -> dict[str, Any]:
     """A packaged category list or a JSON file path: ``{"name", "categories": [{"id", "name", ...}], ...}``.
 
     Packaged: ``"ade20k"`` (150, contiguous ids), ``"cityscapes"`` (19 train ids, plus ``labels``: label id -> train
     id), ``"coco_panoptic"`` (133: ``id``, ``name``, ``isthing``, ``color``, ``supercategory``, exactly panopticapi's
-    ``panoptic_coco_categories.json``), ``"coco_instance"`` (80 things, dataset ids 1..90 with gaps).
+    ``panoptic_coco_categories.json``), ``"coco_instance"`` (80 things, dataset ids 1..90 with gaps), and the others
+    that :func:`packaged_categories` lists.
     """
     if os.path.isfile(name):
         with open(name, encoding="utf-8") as handle:
@@ -60,9 +58,15 @@ def load_categories(name: str) -> dict[str, Any]:
         text = resources.files("mask2former.data").joinpath(f"categories/{name}.json").read_text(encoding="utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"no packaged category list {name!r} and no such file; packaged: {', '.join(PACKAGED_CATEGORIES)}"
+            f"no packaged category list {name!r} and no such file; packaged: {', '.join(packaged_categories())}"
         ) from None
     return json.loads(text)
+
+
+def packaged_categories() -> list[str]:
+    """Names of the category lists shipped in ``mask2former/data/categories``."""
+    folder = resources.files("mask2former.data").joinpath("categories")
+    return sorted(entry.name.removesuffix(".json") for entry in folder.iterdir() if entry.name.endswith(".json"))
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -453,6 +457,8 @@ class CityscapesSemanticDataset(_Reader):
         image = read_image(image_path)
         label = read_label_png(label_path)
         if label.ndim != 2 or label.dtype != np.uint8:
-            raise ValueError(f"{str(label_path)!r} must be an 8-bit single-channel PNG of label ids, got {label.dtype} {label.shape}")
+            raise ValueError(
+                f"{str(label_path)!r} must be an 8-bit single-channel PNG of label ids, got {label.dtype} {label.shape}"
+            )
         _check_size(image, label, image_path, label_path)
         return {"image": image, "image_id": stem, "file_name": str(image_path), "segmentation_map": self.lookup[label]}

@@ -189,7 +189,8 @@ class _SemanticScorer(_Scorer):
     """Prediction: (H, W) contiguous class ids."""
 
     def __init__(self, categories: Sequence[dict]) -> None:
-        self.metric = SemSegMetric(len(categories), ignore_label=IGNORE_INDEX, class_names=[c["name"] for c in categories])
+        names = [c["name"] for c in categories]
+        self.metric = SemSegMetric(len(categories), ignore_label=IGNORE_INDEX, class_names=names)
 
     def add(self, item: dict, prediction: np.ndarray) -> None:
         self.metric.update(prediction, ground_truth_semantic(item))
@@ -264,7 +265,9 @@ class PredictionWriter:
             Image.fromarray(np.asarray(prediction).astype(dtype)).save(self.directory / SEMANTIC_FOLDER / name)
             return
         height, width = item["image"].shape[:2]
-        self.images.append({"id": item["image_id"], "file_name": Path(item["file_name"]).name, "height": height, "width": width})
+        self.images.append(
+            {"id": item["image_id"], "file_name": Path(item["file_name"]).name, "height": height, "width": width}
+        )
         if self.task == "panoptic":
             from scipy.ndimage import find_objects
 
@@ -331,7 +334,8 @@ def _check_arguments(dataset: Any, task: str, limit: int | None) -> int:
     return total
 
 
-def _finish(scorer: _Scorer, images: int, skips: SkipLog, seconds: dict[str, float]) -> dict[str, Any]:
+def _finish(scorer: _Scorer, images: int, skips: SkipLog, start: float, seconds: dict[str, float]) -> dict[str, Any]:
+    """The report: the metric, the counts and the timings (``total`` since ``start``, the final computation included)."""
     if images == 0:
         first = skips.examples[0] if skips.examples else {"file_name": "?", "reason": "?"}
         raise ValueError(
@@ -341,7 +345,7 @@ def _finish(scorer: _Scorer, images: int, skips: SkipLog, seconds: dict[str, flo
     report = scorer.compute()
     report["images"] = images
     report["skipped"] = skips.to_dict()
-    report["seconds"] = seconds
+    report["seconds"] = {"total": time.perf_counter() - start, **seconds}
     return report
 
 
@@ -442,15 +446,15 @@ def evaluate(
         bar.close()
     if writer is not None:
         writer.close()
-    seconds = {"total": time.perf_counter() - start, "model": model_seconds, "reading": reading_seconds}
-    return _finish(scorer, scored, skips, seconds)
+    return _finish(scorer, scored, skips, start, {"model": model_seconds, "reading": reading_seconds})
 
 
 def resolve_predictions(predictions: str | os.PathLike, task: str) -> Path:
     """A ``save_predictions`` folder -> the file or folder of ``task`` in it; any other path unchanged."""
     path = Path(predictions)
     if path.is_dir():
-        inside = {"panoptic": path / PANOPTIC_JSON, "instance": path / INSTANCE_RESULTS, "semantic": path / SEMANTIC_FOLDER}[task]
+        inside = {"panoptic": PANOPTIC_JSON, "instance": INSTANCE_RESULTS, "semantic": SEMANTIC_FOLDER}[task]
+        inside = path / inside
         if inside.exists():
             return inside
     return path
@@ -495,7 +499,9 @@ def score_predictions(
             category = int(result["category_id"])
             if to_contiguous is not None:
                 if category not in to_contiguous:
-                    raise ValueError(f"{str(path)!r}: a result of image {result['image_id']} has unknown category_id {category}")
+                    raise ValueError(
+                        f"{str(path)!r}: a result of image {result['image_id']} has unknown category_id {category}"
+                    )
                 category = to_contiguous[category]
             by_image.setdefault(result["image_id"], []).append({**result, "category_id": category})
     elif not path.is_dir():
@@ -524,4 +530,4 @@ def score_predictions(
             bar.update(scored + skips.count - bar.n)
     if bar is not None:
         bar.close()
-    return _finish(scorer, scored, skips, {"total": time.perf_counter() - start})
+    return _finish(scorer, scored, skips, start, {})
