@@ -92,7 +92,20 @@ class SegmentationModel(nn.Module):
             if tuple(pixel_mask.shape) != expected:
                 raise ValueError(f"pixel_mask must have shape {expected} (B, H, W), got {tuple(pixel_mask.shape)}")
 
-    # The two below serve the models with heads, which have ``num_labels`` and ``loss_criterion()``.
+    # The methods below serve the models with heads, which have ``num_labels``, a ``criterion`` attribute and
+    # ``_criterion_class()`` (the architecture's criterion class, imported lazily: training code is not needed for
+    # inference).
+
+    def loss_criterion(self) -> Any:
+        """The criterion ``forward`` uses with targets: ``criterion`` if set, else one built from the config (the
+        architecture's default weights when the model has no config), kept in ``criterion``."""
+        if self.criterion is None:
+            criterion_class = self._criterion_class()
+            if self.config is not None:
+                self.criterion = criterion_class.from_config(self.config)
+            else:
+                self.criterion = criterion_class(num_labels=self.num_labels)
+        return self.criterion
 
     def _check_targets(
         self, pixel_values: Tensor, pixel_mask: Tensor | None, mask_labels: Any, class_labels: Any

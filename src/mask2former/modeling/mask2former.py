@@ -102,17 +102,11 @@ class Mask2FormerForUniversalSegmentation(Mask2FormerModel):
         """K, the number of classes without "no object"."""
         return self.class_head.out_features - 1
 
-    def loss_criterion(self) -> Mask2FormerCriterion:
-        """The criterion ``forward`` uses with targets: ``criterion`` if set, else one built from the config (the
-        default weights of the paper when the model has no config), kept in ``criterion``."""
-        if self.criterion is None:
-            from ..training.criterion import Mask2FormerCriterion
+    @staticmethod
+    def _criterion_class() -> type[Mask2FormerCriterion]:
+        from ..training.criterion import Mask2FormerCriterion
 
-            if self.config is not None:
-                self.criterion = Mask2FormerCriterion.from_config(self.config)
-            else:
-                self.criterion = Mask2FormerCriterion(num_labels=self.num_labels)
-        return self.criterion
+        return Mask2FormerCriterion
 
     def forward(
         self,

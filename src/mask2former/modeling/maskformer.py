@@ -123,17 +123,11 @@ class MaskFormerForInstanceSegmentation(MaskFormerModel):
         """K, the number of classes without "no object"."""
         return self.class_head.out_features - 1
 
-    def loss_criterion(self) -> MaskFormerCriterion:
-        """The criterion ``forward`` uses with targets: ``criterion`` if set, else one built from the config (the
-        defaults of ``transformers`` when the model has no config), kept in ``criterion``."""
-        if self.criterion is None:
-            from ..training.maskformer_criterion import MaskFormerCriterion
+    @staticmethod
+    def _criterion_class() -> type[MaskFormerCriterion]:
+        from ..training.maskformer_criterion import MaskFormerCriterion
 
-            if self.config is not None:
-                self.criterion = MaskFormerCriterion.from_config(self.config)
-            else:
-                self.criterion = MaskFormerCriterion(num_labels=self.num_labels)
-        return self.criterion
+        return MaskFormerCriterion
 
     def forward(
         self,
