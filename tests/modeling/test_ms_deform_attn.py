@@ -65,7 +65,7 @@ def test_module_implementations_agree_and_bad_name_is_rejected():
         MultiScaleDeformableAttention(implementation="cuda")
 
 
-def test_auto_implementation_gathers_without_gradients_and_samples_with_them(monkeypatch):
+def test_default_implementation_is_gather_in_training_and_inference(monkeypatch):
     from mask2former.modeling import ms_deform_attn
 
     calls = []
@@ -79,4 +79,18 @@ def test_auto_implementation_gathers_without_gradients_and_samples_with_them(mon
     with torch.no_grad():
         module(*inputs)
     module(*inputs).sum().backward()
-    assert calls == ["gather", "grid_sample"]
+    assert calls == ["gather", "gather"]
+
+
+def test_gather_backward_in_chunks_equals_one_chunk(monkeypatch):
+    from mask2former.modeling import ms_deform_attn
+
+    inputs = random_inputs(seed=4)
+    gradients = []
+    for chunk_elements in (1 << 30, 1000):  # one chunk; chunks of a few bags
+        monkeypatch.setattr(ms_deform_attn._WeightedRowSum, "CHUNK_ELEMENTS", chunk_elements)
+        leaves = [tensor.clone().requires_grad_(True) for tensor in inputs]
+        (multi_scale_deformable_attention_gather(leaves[0], SHAPES, leaves[1], leaves[2]) ** 2).sum().backward()
+        gradients.append([leaf.grad for leaf in leaves])
+    for one, chunked in zip(*gradients):
+        torch.testing.assert_close(chunked, one, atol=1e-6, rtol=1e-6)

@@ -9,13 +9,16 @@ Two implementations compute the same thing:
 - ``multi_scale_deformable_attention_gather``: the fast path. Bilinear sampling with zero padding is a weighted sum of
   the four neighbouring pixels, so the whole operation is, for every (query, head), one weighted sum of
   L * P * 4 rows of the value table; ``F.embedding_bag`` with per-sample weights does exactly that in one fused
-  kernel, with no (Q, L * P) intermediate of sampled values and with autograd for values and weights.
+  kernel, with no (Q, L * P) intermediate of sampled values. Its backward (:class:`_WeightedRowSum`) scatters the
+  gradient into the table with ``index_add_`` and reads the weights' gradient with a gather and a batched dot
+  product, in chunks (``embedding_bag``'s own backward sorts all indices first and is slower than ``grid_sample``'s).
 
 Shape letters: B batch, Q queries, S flattened positions over all levels (sum of H_l * W_l), M heads, D channels per
 head, L levels, P points per level.
 """
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +61,42 @@ def multi_scale_deformable_attention(
     weights = attention_weights.transpose(1, 2).reshape(batch_size * num_heads, 1, num_queries, num_levels * num_points)
     output = (stacked * weights).sum(-1)  # (B*M, D, Q)
     return output.view(batch_size, num_heads * head_dim, num_queries).transpose(1, 2)  # (B, Q, M*D)
+
+
+class _WeightedRowSum(torch.autograd.Function):
+    """``output[i] = sum_k weights[i, k] * table[rows[i, k]]``: (N, K) rows and weights, (T, D) table -> (N, D).
+
+    Forward: one ``embedding_bag``. Backward, in chunks of rows that bound the (chunk, K, D) temporaries:
+    ``grad_table[rows[i, k]] += weights[i, k] * grad[i]`` with ``index_add_`` and
+    ``grad_weights[i, k] = <table[rows[i, k]], grad[i]>`` with a gather and a batched dot product.
+    """
+
+    CHUNK_ELEMENTS = 1 << 21  # elements of one (chunk, K, D) temporary: 8 MB in float32
+
+    @staticmethod
+    def forward(ctx: Any, table: Tensor, rows: Tensor, weights: Tensor) -> Tensor:
+        ctx.save_for_backward(table, rows, weights)
+        return F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, Tensor | None]:
+        table, rows, weights = ctx.saved_tensors
+        num_bags, bag_size = rows.shape
+        grad = grad.to(table.dtype)
+        grad_table = torch.zeros_like(table) if ctx.needs_input_grad[0] else None
+        grad_weights = torch.empty_like(weights) if ctx.needs_input_grad[2] else None
+        step = max(1, _WeightedRowSum.CHUNK_ELEMENTS // (bag_size * table.shape[1]))
+        for start in range(0, num_bags, step):
+            # int64: index_add_ and embedding take a slow path with int32 indices on the CPU
+            chunk_rows, chunk_grad = rows[start : start + step].long(), grad[start : start + step]  # (n, K), (n, D)
+            if grad_weights is not None:
+                gathered = F.embedding(chunk_rows, table)  # (n, K, D)
+                grad_weights[start : start + step] = torch.bmm(gathered, chunk_grad.unsqueeze(2)).squeeze(2)
+            if grad_table is not None:
+                contributions = weights[start : start + step, :, None] * chunk_grad[:, None, :]  # (n, K, D)
+                grad_table.index_add_(0, chunk_rows.reshape(-1), contributions.reshape(-1, table.shape[1]))
+        return grad_table, None, grad_weights
 
 
 def multi_scale_deformable_attention_gather(
@@ -104,12 +143,9 @@ def multi_scale_deformable_attention_gather(
     weights = y_weight[..., :, None] * x_weight[..., None, :] * attention_weights[..., None, None]  # (B, Q, M, L, P, 2, 2)
     table = value.permute(0, 2, 1, 3).reshape(batch_size * num_heads * num_values, head_dim)  # (B*M*S, D)
     bag_size = num_levels * num_points * 4
-    output = F.embedding_bag(
-        rows.reshape(-1, bag_size),  # (B*Q*M, L*P*4)
-        table,
-        per_sample_weights=weights.reshape(-1, bag_size).to(table.dtype),
-        mode="sum",
-    )  # (B*Q*M, D)
+    output = _WeightedRowSum.apply(
+        table, rows.reshape(-1, bag_size), weights.reshape(-1, bag_size).to(table.dtype)
+    )  # (B*Q*M, D), rows and weights (B*Q*M, L*P*4)
     return output.view(batch_size, num_queries, num_heads * head_dim)
 
 
@@ -124,9 +160,8 @@ class MultiScaleDeformableAttention(nn.Module):
         num_heads: attention heads M; C must be divisible by M.
         num_levels: feature levels L.
         num_points: sampling points P per level and head.
-        implementation: "auto" (default: "gather" when no gradient is needed, "grid_sample" when one is, as the
-            backward of ``embedding_bag`` sorts all its indices and is the slower one), "gather" (one
-            ``embedding_bag``) or "grid_sample" (the original's reference); all are tested to agree.
+        implementation: "gather" (default: one ``embedding_bag``, the faster in both directions) or "grid_sample"
+            (the original's reference); tested to agree in values and gradients.
     """
 
     def __init__(
@@ -136,13 +171,11 @@ class MultiScaleDeformableAttention(nn.Module):
         num_heads: int = 8,
         num_levels: int = 3,
         num_points: int = 4,
-        implementation: str = "auto",
+        implementation: str = "gather",
     ) -> None:
         super().__init__()
-        if implementation != "auto" and implementation not in IMPLEMENTATIONS:
-            raise ValueError(
-                f"implementation must be one of {['auto', *sorted(IMPLEMENTATIONS)]}, got {implementation!r}"
-            )
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {sorted(IMPLEMENTATIONS)}, got {implementation!r}")
         self.implementation = implementation
         if embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
@@ -210,8 +243,5 @@ class MultiScaleDeformableAttention(nn.Module):
             [[width, height] for height, width in spatial_shapes], dtype=query.dtype, device=query.device
         )  # (L, 2)
         locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        implementation = self.implementation
-        if implementation == "auto":
-            implementation = "grid_sample" if torch.is_grad_enabled() and value.requires_grad else "gather"
-        output = IMPLEMENTATIONS[implementation](value, spatial_shapes, locations, weights)
+        output = IMPLEMENTATIONS[self.implementation](value, spatial_shapes, locations, weights)
         return self.output_proj(output)
