@@ -272,6 +272,64 @@ def test_worker_threads_do_not_change_the_result():
     assert torch.equal(sequential, parallel)
 
 
+def _with_threads(threads: int, function):
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        return function()
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("resample", [2, 3])
+def test_one_image_resized_in_two_bands_is_bit_identical(resample):
+    # On 2 threads a single uint8 image is resized as two overlapping bands, one per thread; on 1 thread whole.
+    generator = rng(3)
+    cases = [((480, 640), RELEASED), ((640, 480), RELEASED), ((480, 640), DETECTRON2), ((640, 480), DETECTRON2),
+             ((375, 500), DETECTRON2), ((612, 612), {"height": 512, "width": 512})]
+    cases += [((int(generator.integers(60, 700)), int(generator.integers(60, 700))), DETECTRON2) for _ in range(12)]
+    split = 0
+    for (height, width), size in cases:
+        processor = Mask2FormerImageProcessor(size=size, resample=resample)
+        image = generator.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        image[: height // 3] = image[: height // 3] // 128 * 255  # saturated hard edges too
+        jobs = processor._resize_jobs(image, processor.resized_size(height, width), 0, split=True)
+        split += len(jobs) == 2
+        whole = _with_threads(1, lambda: processor(image)["pixel_values"])
+        bands = _with_threads(2, lambda: processor(image)["pixel_values"])
+        assert torch.equal(whole, bands), ((height, width), size)
+    assert split >= 6  # the COCO-like sizes above all split
+
+
+def test_band_plan_of_the_common_sizes():
+    from mask2former.processing.image_processor import _band_plan
+
+    # (input length, output length) -> (band input L, band output M, cut): 480 -> 384 is 5/4 -> bands of 245 -> 196
+    assert _band_plan(480, 384, "bilinear") == (245, 196, 192)
+    length, band_size, cut = _band_plan(640, 1088, "bilinear")  # 10/17
+    assert band_size % 17 == 0 and length == band_size * 10 // 17 and cut % 17 == 0
+    assert _band_plan(500, 384, "bilinear") is None  # 125/96: bands would cover most of the image
+    small = Mask2FormerImageProcessor(size={"height": 24, "width": 32})
+    assert len(small._resize_jobs(smooth_image(30, 40), (24, 32), 0, split=True)) == 1  # too small to gain
+
+
+def test_preprocessing_in_a_forked_child():
+    import multiprocessing
+
+    processor = Mask2FormerImageProcessor(size=RELEASED)
+    image = smooth_image(480, 640)
+    expected = _with_threads(2, lambda: processor(image)["pixel_values"])  # the parent's worker pool now exists
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        result = pool.apply(_preprocess_with_two_threads, (processor, image))
+    assert torch.equal(torch.from_numpy(result), expected)
+
+
+def _preprocess_with_two_threads(processor, image):
+    torch.set_num_threads(2)
+    return processor(image)["pixel_values"].numpy()
+
+
 def test_rescale_and_normalize_switches():
     image = smooth_image(64, 64)
     for settings in [{"do_normalize": False}, {"do_rescale": False}, {"do_rescale": False, "do_normalize": False},

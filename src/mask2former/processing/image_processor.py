@@ -13,7 +13,9 @@ The steps, per image:
 2. resize to :meth:`Mask2FormerImageProcessor.resized_size`: the ``size`` rule, then both sides rounded *up* to a
    multiple of ``size_divisor`` (the image is stretched by less than ``size_divisor`` pixels, as in ``transformers``).
    uint8 images go through PyTorch's uint8 antialiased kernel (a port of Pillow-SIMD's fixed-point resampling, and
-   exactly what ``transformers``' torchvision backend calls), float images through the float one.
+   exactly what ``transformers``' torchvision backend calls), float images through the float one. The kernel runs
+   on one core per image, so images are resized side by side on PyTorch's thread count, and a lone uint8 image is
+   cut into two overlapping bands whose weights are checked to be exactly the whole image's (bit-identical output).
 3. rescale and normalize folded into one multiply-add per channel, written straight into the padded batch.
 4. pad at the bottom and right to the largest image of the batch (zeros); ``pixel_mask`` is 1 on real pixels.
 
@@ -27,15 +29,18 @@ Shape letters: B batch, N masks (targets) of one image, H/W height/width.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 import os
 import re
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -454,9 +459,11 @@ class Mask2FormerImageProcessor:
         padded_size = (max(height for height, _ in sizes), max(width for _, width in sizes))
 
         pixel_values = self._pixel_values(loaded, sizes, padded_size)
-        pixel_mask = np.zeros((len(loaded), *padded_size), dtype=np.int64)  # (B, H, W)
+        pixel_mask = np.empty((len(loaded), *padded_size), dtype=np.int64)  # (B, H, W), each element written once
         for index, (height, width) in enumerate(sizes):
             pixel_mask[index, :height, :width] = 1
+            pixel_mask[index, height:] = 0
+            pixel_mask[index, :height, width:] = 0
         result = BatchFeature(pixel_values=pixel_values, pixel_mask=pixel_mask)
         if maps is not None:
             targets = [
@@ -474,7 +481,7 @@ class Mask2FormerImageProcessor:
 
     __call__ = preprocess
 
-    # The arithmetic below is numpy (single-threaded, vectorized): on small CPU machines PyTorch's intra-op threads
+    # The arithmetic below is numpy (vectorized, releases the GIL): on small CPU machines PyTorch's intra-op threads
     # cost more in synchronization than they save on these memory-bound steps. Only the resize kernels are PyTorch's.
 
     def _pixel_values(
@@ -483,36 +490,33 @@ class Mask2FormerImageProcessor:
         """Resize the images, then rescale and normalize each straight into its place of the padded (B, 3, H, W)
         float32 batch.
 
-        Images of equal input size and dtype are resized by one kernel call, or by one call per worker thread:
-        PyTorch's uint8 resize kernel runs on one core, so a batch is split into up to ``torch.get_num_threads()``
-        chunks resized side by side (each thread writes its own images; no other shared state).
+        The work is cut into jobs: one per image or, when there are fewer images than threads, one per band of an
+        image (:func:`_band_plan`). PyTorch's resize kernel runs on one core for one image, so the jobs run side by
+        side on ``torch.get_num_threads()`` threads, each resizing its input and normalizing the result into its own
+        part of the batch (no other shared state).
         """
         pixel_values = np.empty((len(images), 3, *padded_size), dtype=np.float32)
         scale, bias = self._affine()
-        groups: dict[tuple[int, int, np.dtype], list[int]] = {}
-        for index, image in enumerate(images):
-            groups.setdefault((image.shape[0], image.shape[1], image.dtype), []).append(index)
-        workers = max(1, min(torch.get_num_threads(), len(images)))
-        chunks = [chunk for indices in groups.values() for chunk in _split(indices, workers)]
+        threads = torch.get_num_threads()
+        jobs = [
+            job
+            for index, (image, size) in enumerate(zip(images, sizes))
+            for job in self._resize_jobs(image, size, index, split=len(images) < threads)
+        ]
 
-        def process(chunk: list[int]) -> None:
-            resized = self._resize([images[index] for index in chunk], sizes[chunk[0]])
-            for index, source in zip(chunk, resized):  # source: (3, h, w), any strides
-                target = pixel_values[index, :, : source.shape[1], : source.shape[2]]
-                if scale is not None:
-                    np.multiply(source, scale, out=target)  # uint8 * float32 -> float32, converted on the fly
-                else:
-                    target[...] = source
-                if bias is not None:
-                    np.add(target, bias, out=target)
+        def run(job: _ResizeJob) -> None:
+            source = self._resize(job.image, job.size)[:, job.rows, job.columns]  # (3, h, w), any strides
+            target = pixel_values[
+                job.index, :, job.top : job.top + source.shape[1], job.left : job.left + source.shape[2]
+            ]
+            if scale is not None:
+                np.multiply(source, scale, out=target)  # uint8 * float32 -> float32, converted on the fly
+            else:
+                target[...] = source
+            if bias is not None:
+                np.add(target, bias, out=target)
 
-        if workers > 1 and len(chunks) > 1:
-            with ThreadPoolExecutor(max_workers=workers) as pool:  # per call: no threads outlive it (fork-safe)
-                for _ in pool.map(process, chunks):
-                    pass
-        else:
-            for chunk in chunks:
-                process(chunk)
+        _run_in_threads(run, jobs, threads)
         for index, (height, width) in enumerate(sizes):
             pixel_values[index, :, height:, :] = 0
             pixel_values[index, :, :height, width:] = 0
@@ -520,6 +524,10 @@ class Mask2FormerImageProcessor:
 
     def _affine(self) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Rescale and normalize folded into x * scale + bias, per channel, each (3, 1, 1) float32 or None."""
+        key = (self.do_rescale, self.rescale_factor, self.do_normalize, self.image_mean, self.image_std)
+        cached = getattr(self, "_affine_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         scale = np.ones(3)
         bias = np.zeros(3)
         if self.do_rescale:
@@ -528,36 +536,64 @@ class Mask2FormerImageProcessor:
             mean, std = np.asarray(self.image_mean, dtype=np.float64), np.asarray(self.image_std, dtype=np.float64)
             scale /= std
             bias = -mean / std
-        return (
+        affine = (
             scale.astype(np.float32).reshape(3, 1, 1) if not np.all(scale == 1) else None,
             bias.astype(np.float32).reshape(3, 1, 1) if self.do_normalize else None,
         )
+        self._affine_cache = (key, affine)
+        return affine
 
-    def _resize(self, images: list[np.ndarray], size: tuple[int, int]) -> list[np.ndarray]:
-        """Images of one input size and dtype, each (h, w, 3) -> each (3, *size) of the same dtype.
+    def _resize_jobs(self, image: np.ndarray, size: tuple[int, int], index: int, split: bool) -> list[_ResizeJob]:
+        """The whole image as one job or, with ``split`` and an exact band plan for a uint8 image, two bands whose
+        kept outputs tile the resized image, bit-identical to resizing it whole."""
+        whole = [_ResizeJob(image, size, index)]
+        height, width = image.shape[:2]
+        if (
+            not split
+            or not self.do_resize
+            or self.resample == NEAREST
+            or image.dtype != np.uint8
+            or (height, width) == tuple(size)
+            or max(height * width, size[0] * size[1]) < _MIN_SPLIT_PIXELS
+        ):
+            return whole
+        mode = _RESAMPLE_NAMES[self.resample]
+        rows = _band_plan(height, size[0], mode)
+        if rows is not None:
+            length, band_size, cut = rows
+            start = cut - (size[0] - band_size)  # first kept output of the lower band
+            return [
+                _ResizeJob(image[:length], (band_size, size[1]), index, rows=slice(0, cut)),
+                _ResizeJob(image[height - length :], (band_size, size[1]), index, cut, 0, slice(start, None)),
+            ]
+        columns = _band_plan(width, size[1], mode)
+        if columns is not None:
+            length, band_size, cut = columns
+            start = cut - (size[1] - band_size)
+            return [
+                _ResizeJob(image[:, :length], (size[0], band_size), index, columns=slice(0, cut)),
+                _ResizeJob(image[:, width - length :], (size[0], band_size), index, 0, cut, columns=slice(start, None)),
+            ]
+        return whole
+
+    def _resize(self, image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """(h, w, 3) -> (3, *size) of the same dtype, any strides.
 
         uint8 goes through PyTorch's uint8 antialiased kernel (a port of Pillow-SIMD's fixed-point resampling);
         float through the float one. Both are what ``transformers``' torchvision backend calls.
         """
-        height, width = images[0].shape[:2]
+        height, width = image.shape[:2]
         if not self.do_resize or (height, width) == tuple(size):
-            return [image.transpose(2, 0, 1) for image in images]
+            return image.transpose(2, 0, 1)
         if self.resample == NEAREST:
             rows, columns = pil_nearest_indices(height, size[0]), pil_nearest_indices(width, size[1])
-            return [image[rows[:, None], columns].transpose(2, 0, 1) for image in images]
-        if len(images) == 1:
-            # A (1, 3, H, W) view of the (H, W, 3) array: the kernel reads it as channels-last (its fast path) and,
-            # as the batch dimension has size 1, writes a channels-first output, which the normalization reads fastest.
-            batch = torch.from_numpy(_torch_compatible(images[0])).permute(2, 0, 1).unsqueeze(0)
-        else:
-            stacked = np.empty((len(images), height, width, 3), dtype=images[0].dtype)  # (n, H, W, 3)
-            for row, image in enumerate(images):
-                stacked[row] = image
-            batch = torch.from_numpy(stacked).permute(0, 3, 1, 2)  # (n, 3, H, W), channels-last in memory
+            return image[rows[:, None], columns].transpose(2, 0, 1)
+        # A (1, 3, H, W) view of the (H, W, 3) array: the kernel reads it as channels-last (its fast path) and, as
+        # the batch dimension has size 1, writes a channels-first output, which the normalization reads fastest.
+        batch = torch.from_numpy(_torch_compatible(image)).permute(2, 0, 1).unsqueeze(0)
         # Pillow's filters widen with the downscaling factor; antialias=True is PyTorch's port of that.
         mode = _RESAMPLE_NAMES[self.resample]
-        resized = F.interpolate(batch, size=tuple(size), mode=mode, antialias=True, align_corners=False)
-        return list(resized.numpy())
+        return F.interpolate(batch, size=tuple(size), mode=mode, antialias=True, align_corners=False)[0].numpy()
 
     # ------------------------------------------------------------------ targets
 
@@ -860,11 +896,130 @@ def _load_image(item: Any, name: str, channel_format: str | None, check_range: b
     return array
 
 
-def _split(indices: list[int], parts: int) -> list[list[int]]:
-    """``indices`` cut into at most ``parts`` contiguous chunks of near-equal length."""
-    parts = min(parts, len(indices))
-    bounds = [round(i * len(indices) / parts) for i in range(parts + 1)]
-    return [indices[bounds[i] : bounds[i + 1]] for i in range(parts)]
+_TAPS = {"bilinear": 2, "bicubic": 4}  # width of each resampling filter, in input pixels at scale 1
+_MIN_SPLIT_PIXELS = 1 << 16  # smaller images are resized whole: a thread hand-off would cost more than it saves
+
+
+@functools.lru_cache(maxsize=256)
+def _band_plan(in_size: int, out_size: int, mode: str) -> tuple[int, int, int] | None:
+    """How to resize one axis as two equal overlapping bands that get exactly the whole axis's weights, or None.
+
+    Returns (L, M, cut): band one maps input [0, L) to output [0, M) and keeps output [0, cut); band two maps input
+    [in - L, in) to output [out - M, out) and keeps output [cut, out). With in / out = p / q in lowest terms, a band
+    starting at a multiple of q outputs (p inputs) has the whole axis's windows shifted, its edges included, so its
+    weights agree up to floating-point rounding; :func:`_kernel_taps` recomputes both in the kernel's arithmetic and
+    the plan is kept only if the quantized weights and their precision come out identical.
+    """
+    ratio = Fraction(in_size, out_size)
+    period = ratio.denominator
+    scale = in_size / out_size
+    support = max(scale, 1.0) * _TAPS[mode] / 2  # half window, in input pixels
+    margin = -(-math.ceil((support + 2) / scale) // period) * period  # outputs whose windows stay inside a band
+    cut = out_size // 2 // period * period
+    band_size = max(cut, out_size - cut) + margin
+    if cut < 2 * period or band_size > 0.7 * out_size:  # too little gained, or a band could miss some weights
+        return None
+    band_in = band_size * ratio.numerator // period
+    whole = _kernel_taps(in_size, out_size, mode)
+    band = _kernel_taps(band_in, band_size, mode)
+    offset_out, offset_in = out_size - band_size, in_size - band_in
+    for (starts, weights, precision), band_kept, kept, shift in (
+        (band, slice(0, cut), slice(0, cut), 0),
+        (band, slice(cut - offset_out, band_size), slice(cut, out_size), offset_in),
+    ):
+        if (
+            precision != whole[2]
+            or not np.array_equal(starts[band_kept] + shift, whole[0][kept])
+            or not np.array_equal(weights[band_kept], whole[1][kept])
+        ):
+            return None
+    return band_in, band_size, cut
+
+
+def _kernel_taps(in_size: int, out_size: int, mode: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """The windows and fixed-point weights of PyTorch's antialiased uint8 resize along one axis: (first input per
+    output (out,), int weights (out, taps) with zeros past each window, precision in bits), computed in float64 in
+    the order the kernel computes them."""
+    taps = _TAPS[mode]
+    scale = in_size / out_size
+    support = (taps * 0.5) * scale if scale >= 1.0 else taps * 0.5
+    max_taps = math.ceil(support) * 2 + 1
+    invscale = 1.0 / scale if scale >= 1.0 else 1.0
+    center = scale * (np.arange(out_size) + 0.5)
+    starts = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)
+    sizes = np.clip(np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - starts, 0, max_taps)
+    offsets = np.arange(max_taps)
+    x = np.abs((starts[:, None] + offsets).astype(np.float64) - center[:, None] + 0.5) * invscale
+    if mode == "bilinear":
+        weights = np.where(x < 1.0, 1.0 - x, 0.0)
+    else:  # Keys cubic, a = -0.5
+        a = -0.5
+        weights = np.where(
+            x < 1.0,
+            ((a + 2) * x - (a + 3)) * x * x + 1,
+            np.where(x < 2.0, ((a * x - 5 * a) * x + 8 * a) * x - 4 * a, 0.0),
+        )
+    weights = np.where(offsets < sizes[:, None], weights, 0.0)
+    total = np.zeros(out_size)
+    for column in range(max_taps):  # in order, as the kernel sums
+        total = total + weights[:, column]
+    weights = np.divide(weights, total[:, None], out=weights.copy(), where=total[:, None] != 0)
+    largest = weights.max()
+    precision = 0
+    while precision < 22 and int(0.5 + largest * (1 << (precision + 1))) < (1 << 15):
+        precision += 1
+    scaled = weights * (1 << precision)
+    return starts, np.trunc(np.where(scaled < 0, scaled - 0.5, scaled + 0.5)).astype(np.int64), precision
+
+
+class _ResizeJob(NamedTuple):
+    """Resize ``image`` (h, w, 3) to ``size`` and write the kept ``rows`` and ``columns`` of the result at
+    (``top``, ``left``) of image ``index`` of the batch."""
+
+    image: np.ndarray
+    size: tuple[int, int]
+    index: int
+    top: int = 0
+    left: int = 0
+    rows: slice = slice(None)
+    columns: slice = slice(None)
+
+
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (workers, pool), made on first use
+
+
+def _forget_pool() -> None:
+    global _pool
+    _pool = None  # a forked child has none of the parent's threads
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _run_in_threads(function: Any, jobs: list[Any], threads: int) -> None:
+    """``function(job)`` for each job, in up to ``threads`` contiguous chunks: the first on the calling thread, the
+    others on a pool kept for the process (starting threads on every call costs more than small jobs take)."""
+    global _pool
+    chunks = _split(jobs, threads)
+    if len(chunks) < 2:
+        for job in jobs:
+            function(job)
+        return
+    if _pool is None or _pool[0] < len(chunks) - 1:
+        _pool = (len(chunks) - 1, ThreadPoolExecutor(len(chunks) - 1, thread_name_prefix="mask2former-preprocess"))
+    futures = [_pool[1].submit(lambda chunk=chunk: [function(job) for job in chunk]) for chunk in chunks[1:]]
+    for job in chunks[0]:
+        function(job)
+    for future in futures:
+        future.result()  # re-raises a worker's exception
+
+
+def _split(items: list[Any], parts: int) -> list[list[Any]]:
+    """``items`` cut into at most ``parts`` contiguous chunks of near-equal length."""
+    parts = min(parts, len(items))
+    bounds = [round(i * len(items) / parts) for i in range(parts + 1)]
+    return [items[bounds[i] : bounds[i + 1]] for i in range(parts)]
 
 
 def _torch_compatible(array: np.ndarray) -> np.ndarray:
