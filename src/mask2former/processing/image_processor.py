@@ -1007,6 +1007,8 @@ def _run_in_threads(function: Any, jobs: list[Any], threads: int) -> None:
             function(job)
         return
     if _pool is None or _pool[0] < len(chunks) - 1:
+        if _pool is not None:
+            _pool[1].shutdown(wait=False)  # its threads finish their (no) work and exit
         _pool = (len(chunks) - 1, ThreadPoolExecutor(len(chunks) - 1, thread_name_prefix="mask2former-preprocess"))
     futures = [_pool[1].submit(lambda chunk=chunk: [function(job) for job in chunk]) for chunk in chunks[1:]]
     for job in chunks[0]:
