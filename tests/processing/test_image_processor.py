@@ -261,22 +261,15 @@ def test_batch_equals_images_alone():
 def test_worker_threads_do_not_change_the_result():
     images = [smooth_image(50, 70, seed=seed) for seed in range(5)] + [smooth_image(70, 50)]
     processor = Mask2FormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 128})
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        sequential = processor(images)["pixel_values"]
-        torch.set_num_threads(2)
-        parallel = processor(images)["pixel_values"]
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(sequential, parallel)
+    assert torch.equal(_with_threads(1, processor, images), _with_threads(2, processor, images))
 
 
-def _with_threads(threads: int, function):
+def _with_threads(threads: int, processor: Mask2FormerImageProcessor, images) -> torch.Tensor:
+    """``pixel_values`` of ``processor(images)`` computed with PyTorch set to ``threads`` threads."""
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
-        return function()
+        return processor(images)["pixel_values"]
     finally:
         torch.set_num_threads(previous)
 
@@ -295,8 +288,8 @@ def test_one_image_resized_in_two_bands_is_bit_identical(resample):
         image[: height // 3] = image[: height // 3] // 128 * 255  # saturated hard edges too
         jobs = processor._resize_jobs(image, processor.resized_size(height, width), 0, split=True)
         split += len(jobs) == 2
-        whole = _with_threads(1, lambda: processor(image)["pixel_values"])
-        bands = _with_threads(2, lambda: processor(image)["pixel_values"])
+        whole = _with_threads(1, processor, image)
+        bands = _with_threads(2, processor, image)
         assert torch.equal(whole, bands), ((height, width), size)
     assert split >= 6  # the COCO-like sizes above all split
 
@@ -318,7 +311,7 @@ def test_preprocessing_in_a_forked_child():
 
     processor = Mask2FormerImageProcessor(size=RELEASED)
     image = smooth_image(480, 640)
-    expected = _with_threads(2, lambda: processor(image)["pixel_values"])  # the parent's worker pool now exists
+    expected = _with_threads(2, processor, image)  # the parent's worker pool now exists
     context = multiprocessing.get_context("fork")
     with context.Pool(1) as pool:
         result = pool.apply(_preprocess_with_two_threads, (processor, image))
