@@ -524,24 +524,16 @@ class Mask2FormerImageProcessor:
 
     def _affine(self) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Rescale and normalize folded into x * scale + bias, per channel, each (3, 1, 1) float32 or None."""
-        key = (self.do_rescale, self.rescale_factor, self.do_normalize, self.image_mean, self.image_std)
-        cached = getattr(self, "_affine_cache", None)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        scale = np.ones(3)
-        bias = np.zeros(3)
-        if self.do_rescale:
-            scale *= self.rescale_factor
+        # Python floats are float64, as the division needs; the factors are cast to float32 once at the end.
+        scale = [self.rescale_factor if self.do_rescale else 1.0] * 3
+        bias = [0.0] * 3
         if self.do_normalize:
-            mean, std = np.asarray(self.image_mean, dtype=np.float64), np.asarray(self.image_std, dtype=np.float64)
-            scale /= std
-            bias = -mean / std
-        affine = (
-            scale.astype(np.float32).reshape(3, 1, 1) if not np.all(scale == 1) else None,
-            bias.astype(np.float32).reshape(3, 1, 1) if self.do_normalize else None,
+            scale = [factor / std for factor, std in zip(scale, self.image_std)]
+            bias = [-mean / std for mean, std in zip(self.image_mean, self.image_std)]
+        return (
+            np.array(scale, dtype=np.float32).reshape(3, 1, 1) if any(factor != 1 for factor in scale) else None,
+            np.array(bias, dtype=np.float32).reshape(3, 1, 1) if self.do_normalize else None,
         )
-        self._affine_cache = (key, affine)
-        return affine
 
     def _resize_jobs(self, image: np.ndarray, size: tuple[int, int], index: int, split: bool) -> list[_ResizeJob]:
         """The whole image as one job or, with ``split`` and an exact band plan for a uint8 image, two bands whose
@@ -923,14 +915,15 @@ def _band_plan(in_size: int, out_size: int, mode: str) -> tuple[int, int, int] |
     whole = _kernel_taps(in_size, out_size, mode)
     band = _kernel_taps(band_in, band_size, mode)
     offset_out, offset_in = out_size - band_size, in_size - band_in
-    for (starts, weights, precision), band_kept, kept, shift in (
-        (band, slice(0, cut), slice(0, cut), 0),
-        (band, slice(cut - offset_out, band_size), slice(cut, out_size), offset_in),
+    if band[2] != whole[2]:  # the quantization precision
+        return None
+    for band_kept, kept, shift in (
+        (slice(0, cut), slice(0, cut), 0),
+        (slice(cut - offset_out, band_size), slice(cut, out_size), offset_in),
     ):
-        if (
-            precision != whole[2]
-            or not np.array_equal(starts[band_kept] + shift, whole[0][kept])
-            or not np.array_equal(weights[band_kept], whole[1][kept])
+        if not (
+            np.array_equal(band[0][band_kept] + shift, whole[0][kept])
+            and np.array_equal(band[1][band_kept], whole[1][kept])
         ):
             return None
     return band_in, band_size, cut
