@@ -297,3 +297,13 @@ def test_bf16_autocast_runs():
     assert all(torch.isfinite(m).all() for m in maps)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert all(torch.isfinite(m).all() for m in SwinBackbone(**TINY, shrink_window_to_fit=True).eval()(pixels))
+
+
+def test_shift_mask_weight_is_exactly_zero_not_denormal():
+    """exp(-100) is a float32 denormal (CPU arithmetic on denormals is ~30x slower); the mask value must underflow the
+    softmax weight to exactly zero in float32 and fit in float16."""
+    from mask2former.modeling.backbones.swin import _SHIFT_MASK_VALUE
+
+    scores = torch.tensor([[0.0, _SHIFT_MASK_VALUE], [5.0, 5.0 + _SHIFT_MASK_VALUE]])
+    assert torch.equal(scores.softmax(-1)[:, 1], torch.zeros(2))
+    assert torch.isfinite(torch.tensor(_SHIFT_MASK_VALUE, dtype=torch.float16))
