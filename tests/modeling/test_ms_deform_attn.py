@@ -88,9 +88,44 @@ def test_gather_backward_in_chunks_equals_one_chunk(monkeypatch):
     inputs = random_inputs(seed=4)
     gradients = []
     for chunk_elements in (1 << 30, 1000):  # one chunk; chunks of a few bags
-        monkeypatch.setattr(ms_deform_attn._WeightedRowSum, "CHUNK_ELEMENTS", chunk_elements)
+        monkeypatch.setattr(ms_deform_attn, "_CHUNK_ELEMENTS", chunk_elements)
         leaves = [tensor.clone().requires_grad_(True) for tensor in inputs]
         (multi_scale_deformable_attention_gather(leaves[0], SHAPES, leaves[1], leaves[2]) ** 2).sum().backward()
         gradients.append([leaf.grad for leaf in leaves])
     for one, chunked in zip(*gradients):
         torch.testing.assert_close(chunked, one, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_row_dots_sparse_and_gathered_agree(monkeypatch, index_dtype):
+    """The CPU's sampled matrix product and the gather used on other devices (chunked here) give the same dots."""
+    from mask2former.modeling import ms_deform_attn
+
+    generator = torch.Generator().manual_seed(5)
+    table = torch.randn(40, 8, generator=generator, dtype=torch.float64)
+    rows = torch.randint(0, 40, (23, 12), generator=generator).to(index_dtype)  # repeated rows included
+    grad = torch.randn(23, 8, generator=generator, dtype=torch.float64)
+    expected = (table[rows.long()] * grad[:, None, :]).sum(-1)
+    torch.testing.assert_close(ms_deform_attn._row_dots(table, rows, grad), expected)
+    monkeypatch.setattr(ms_deform_attn, "_CHUNK_ELEMENTS", 100)
+    torch.testing.assert_close(ms_deform_attn._gathered_row_dots(table, rows, grad), expected)
+
+
+def test_locations_across_the_map_borders_match_grid_sample():
+    """Locations a quarter pixel off the pixel grid from two pixels outside the map to one beyond its far edge, so
+    that every mix of taps inside and outside occurs: the zero padding of the explicit backward agrees with
+    grid_sample's. (Exactly on the grid the gradient has a kink and either side is right.)"""
+    value, _, weights = random_inputs(seed=6)
+    generator = torch.Generator().manual_seed(6)
+    # pixel coordinate c in {-1.25, -0.75, ..., size + 0.75} -> location (c + 0.5) / size
+    steps = torch.randint(-3, 2 * max(max(shape) for shape in SHAPES) + 2, weights.shape + (2,), generator=generator)
+    sizes = torch.tensor([[w, h] for h, w in SHAPES], dtype=torch.float64).view(1, 1, 1, len(SHAPES), 1, 2)
+    locations = (steps.double() / 2 + 0.25 + 0.5) / sizes
+    gradients = []
+    for function in (multi_scale_deformable_attention, multi_scale_deformable_attention_gather):
+        leaves = [tensor.clone().requires_grad_(True) for tensor in (value, locations, weights)]
+        output = function(leaves[0], SHAPES, leaves[1], leaves[2])
+        (output**2).sum().backward()
+        gradients.append([output.detach()] + [leaf.grad for leaf in leaves])
+    for reference, fast, name in zip(*gradients, ("output", "value", "locations", "weights")):
+        torch.testing.assert_close(fast, reference, atol=1e-8, rtol=1e-6, msg=name)
