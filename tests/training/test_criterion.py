@@ -223,3 +223,30 @@ def test_good_targets_pass():
     validate_targets(MASKS, CLASSES, batch_size=2, num_labels=5, image_size=(8, 8))
     with pytest.raises(ValueError, match=r"mask_labels\[0\] must have shape \(N, 16, 16\) \(pixel_values' size\)"):
         validate_targets(MASKS, CLASSES, batch_size=2, num_labels=5, image_size=(16, 16))
+
+
+def test_gradient_through_matched_masks_only_equals_the_dense_one():
+    """With the mask embeddings and features, the losses are the same floats and the gradients of the embeddings and
+    features those of indexing the full (B, Q, h, w) logits (counts include an image without targets)."""
+    generator = torch.Generator().manual_seed(8)
+    batch, queries, channels, size = 3, 10, 6, 16
+    class_logits = torch.randn(batch, queries, NUM_LABELS + 1, generator=generator)
+    embeddings = torch.randn(batch, queries, channels, generator=generator)
+    features = torch.randn(batch, channels, size, size, generator=generator)
+    mask_labels, class_labels = random_targets([3, 0, 5], seed=8)
+    results = []
+    for factored in (False, True):
+        leaves = [embeddings.clone().requires_grad_(True), features.clone().requires_grad_(True)]
+        logits = torch.einsum("bqc,bchw->bqhw", *leaves)
+        criterion = Mask2FormerCriterion(num_labels=NUM_LABELS, num_points=50)
+        torch.manual_seed(0)
+        extra = {"mask_embeddings": leaves[0], "mask_features": leaves[1]} if factored else {}
+        losses = criterion(class_logits, logits, mask_labels, class_labels, **extra)
+        sum(losses.values()).backward()
+        results.append((losses, [leaf.grad for leaf in leaves]))
+    (dense_losses, dense_grads), (sparse_losses, sparse_grads) = results
+    for name, value in dense_losses.items():
+        assert torch.equal(sparse_losses[name], value), name
+    for dense, sparse in zip(dense_grads, sparse_grads):
+        assert dense.abs().sum() > 0
+        torch.testing.assert_close(sparse, dense, atol=1e-6, rtol=1e-5)

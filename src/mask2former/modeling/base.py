@@ -133,6 +133,8 @@ class SegmentationModel(nn.Module):
         class_labels: list[Tensor] | None,
         *,
         use_auxiliary_loss: bool,
+        mask_embeddings: Sequence[Tensor] | None = None,
+        mask_features: Tensor | None = None,
     ) -> tuple[list[dict[str, Tensor]], Tensor | None, dict[str, Tensor] | None]:
         """The earlier predictions, and with targets the loss and its terms.
 
@@ -141,6 +143,8 @@ class SegmentationModel(nn.Module):
             mask_logits: T tensors (B, Q, H/4, W/4).
             mask_labels, class_labels: the targets, or None.
             use_auxiliary_loss: also add the loss terms of the earlier predictions.
+            mask_embeddings, mask_features: optional, T tensors (B, Q, E) and (B, E, H/4, W/4) whose product the mask
+                logits are; with them the criterion sends the mask gradient through the matched queries only.
 
         Returns:
             The T - 1 earlier predictions (dicts with ``class_queries_logits`` and ``masks_queries_logits``), the loss
@@ -152,11 +156,20 @@ class SegmentationModel(nn.Module):
         ]
         if mask_labels is None and class_labels is None:
             return earlier, None, None
+        factors: dict[str, Any] = {}
+        auxiliary = earlier
+        if mask_embeddings is not None and mask_features is not None:
+            factors = {"mask_embeddings": mask_embeddings[-1], "mask_features": mask_features}
+            auxiliary = [
+                {**prediction, "mask_embeddings": embeddings, "mask_features": mask_features}
+                for prediction, embeddings in zip(earlier, mask_embeddings[:-1])
+            ]
         loss_dict = self.loss_criterion()(
             class_logits[-1],
             mask_logits[-1],
             mask_labels,
             class_labels,
-            auxiliary_predictions=earlier if use_auxiliary_loss else None,
+            auxiliary_predictions=auxiliary if use_auxiliary_loss else None,
+            **factors,
         )
         return earlier, sum(loss_dict.values()), loss_dict

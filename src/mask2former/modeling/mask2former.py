@@ -17,6 +17,7 @@ from ..config import Mask2FormerConfig
 from .base import SegmentationModel
 from .build import build_mask2former_parts
 from .outputs import Mask2FormerForUniversalSegmentationOutput, Mask2FormerModelOutput
+from .transformer_decoder import DecoderPredictions
 
 if TYPE_CHECKING:  # imported at first use: the training package may import the model
     from ..training.criterion import Mask2FormerCriterion
@@ -49,12 +50,18 @@ class Mask2FormerModel(SegmentationModel):
                 code and ``transformers``, not used: the released checkpoints were trained that way.
             output_hidden_states: also return the backbone maps, the pixel decoder maps and the decoder states.
         """
+        return self._decode(pixel_values, pixel_mask, output_hidden_states)[0]
+
+    def _decode(
+        self, pixel_values: Tensor, pixel_mask: Tensor | None, output_hidden_states: bool | None
+    ) -> tuple[Mask2FormerModelOutput, DecoderPredictions]:
+        """:meth:`forward`'s outputs and the decoder's predictions (with the mask embeddings the loss reads)."""
         self._check_inputs(pixel_values, pixel_mask)
         features = self.backbone(pixel_values)
         mask_features, multi_scale_features = self.pixel_decoder(features)
         predictions = self.transformer_decoder(multi_scale_features, mask_features)
         hidden = bool(output_hidden_states)
-        return Mask2FormerModelOutput(
+        output = Mask2FormerModelOutput(
             encoder_last_hidden_state=features[-1],
             pixel_decoder_last_hidden_state=mask_features,
             transformer_decoder_last_hidden_state=predictions.last_hidden_state,
@@ -64,6 +71,7 @@ class Mask2FormerModel(SegmentationModel):
             pixel_decoder_hidden_states=tuple(multi_scale_features) if hidden else None,
             transformer_decoder_hidden_states=tuple(predictions.layer_inputs) if hidden else None,
         )
+        return output, predictions
 
 
 class Mask2FormerForUniversalSegmentation(Mask2FormerModel):
@@ -137,7 +145,7 @@ class Mask2FormerForUniversalSegmentation(Mask2FormerModel):
             ``use_auxiliary_loss``, of every earlier one; see :class:`~mask2former.training.Mask2FormerCriterion`).
         """
         self._check_targets(pixel_values, pixel_mask, mask_labels, class_labels)
-        outputs = super().forward(pixel_values, pixel_mask, output_hidden_states)
+        outputs, predictions = self._decode(pixel_values, pixel_mask, output_hidden_states)
         states = torch.stack(outputs.transformer_decoder_intermediate_states)  # (T, B, Q, C), T predictions
         class_logits = self.class_head(states)  # (T, B, Q, K + 1)
         if output_auxiliary_logits is None and self.config is not None:
@@ -148,6 +156,8 @@ class Mask2FormerForUniversalSegmentation(Mask2FormerModel):
             mask_labels,
             class_labels,
             use_auxiliary_loss=self.config.use_auxiliary_loss if self.config is not None else True,
+            mask_embeddings=predictions.mask_embeddings,
+            mask_features=outputs.pixel_decoder_last_hidden_state,
         )
         return Mask2FormerForUniversalSegmentationOutput(
             class_queries_logits=class_logits[-1],

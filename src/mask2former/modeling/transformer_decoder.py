@@ -115,12 +115,15 @@ class DecoderPredictions:
         masks_queries_logits: per prediction, mask logits (B, Q, H, W) at the mask-feature resolution.
         last_hidden_state: (B, Q, C) output of the last layer, before the shared LayerNorm.
         layer_inputs: per layer, its input queries (B, Q, C), then the last output (``num_layers + 1`` entries).
+        mask_embeddings: per prediction, the mask head's output (B, Q, mask_dim): the mask logits are its product
+            with the mask features.
     """
 
     hidden_states: list[Tensor]
     masks_queries_logits: list[Tensor]
     last_hidden_state: Tensor
     layer_inputs: list[Tensor]
+    mask_embeddings: list[Tensor]
 
 
 class MaskedAttentionDecoder(nn.Module):
@@ -208,31 +211,34 @@ class MaskedAttentionDecoder(nn.Module):
 
         queries = self.query_features.weight[None].expand(batch_size, -1, -1)  # (B, Q, C)
         query_position = self.query_positions.weight[None]  # (1, Q, C)
-        hidden, masks, mask = self._predict(queries, mask_features, sizes[0])
-        hidden_states, masks_queries_logits, layer_inputs = [hidden], [masks], []
+        hidden, embeddings, masks, mask = self._predict(queries, mask_features, sizes[0])
+        hidden_states, mask_embeddings, masks_queries_logits, layer_inputs = [hidden], [embeddings], [masks], []
         for index, layer in enumerate(self.layers):
             layer_inputs.append(queries)
             level = index % self.num_levels
             queries = layer(queries, query_position, memories[level], memory_positions[level], mask)
-            hidden, masks, mask = self._predict(queries, mask_features, sizes[(index + 1) % self.num_levels])
+            hidden, embeddings, masks, mask = self._predict(queries, mask_features, sizes[(index + 1) % self.num_levels])
             hidden_states.append(hidden)
+            mask_embeddings.append(embeddings)
             masks_queries_logits.append(masks)
         layer_inputs.append(queries)
-        return DecoderPredictions(hidden_states, masks_queries_logits, queries, layer_inputs)
+        return DecoderPredictions(hidden_states, masks_queries_logits, queries, layer_inputs, mask_embeddings)
 
     def _predict(self, queries: Tensor, mask_features: Tensor, attention_size: tuple[int, int]):
-        """Normalized queries (B, Q, C), mask logits (B, Q, H, W) and the next layer's attention mask.
+        """Normalized queries (B, Q, C), mask embeddings (B, Q, mask_dim), mask logits (B, Q, H, W) and the next
+        layer's attention mask.
 
         The attention mask (B, 1, Q, S) is True where a query may attend: where its mask, resized to the next
         layer's scale, has probability >= 0.5. A query whose mask is empty there attends everywhere.
         """
         hidden = self.norm(queries)
-        mask_logits = torch.einsum("bqc,bchw->bqhw", self.mask_head(hidden), mask_features)
+        embeddings = self.mask_head(hidden)
+        mask_logits = torch.einsum("bqc,bchw->bqhw", embeddings, mask_features)
         resized = F.interpolate(mask_logits, size=attention_size, mode="bilinear", align_corners=False)
         # sigmoid rather than the sign of the logit, so that ties near 0 round as in the original code.
         allowed = (resized.flatten(2).sigmoid() >= 0.5).detach()  # (B, Q, S)
         allowed = allowed | ~allowed.any(dim=-1, keepdim=True)
-        return hidden, mask_logits, allowed[:, None]
+        return hidden, embeddings, mask_logits, allowed[:, None]
 
 
 def _activation(name: str):

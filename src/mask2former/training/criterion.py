@@ -57,6 +57,34 @@ def dice_loss(mask_logits: Tensor, targets: Tensor, num_masks: Tensor | float) -
     return (1 - (intersection + 1) / (total + 1)).sum() / num_masks
 
 
+def matched_mask_logits(
+    masks_queries_logits: Tensor,
+    mask_embeddings: Tensor,
+    mask_features: Tensor,
+    matches: Sequence[tuple[Tensor, Tensor]],
+) -> Tensor:
+    """The (R, h, w) mask logits of the matched queries, image after image, with a gradient that reaches the
+    embeddings and features through these R masks only.
+
+    Indexing ``masks_queries_logits`` would send back a dense (B, Q, h, w) gradient, zero outside the R matched rows,
+    through the full (B, Q, E) x (B, E, h * w) product (most of the mask head's backward time). Here the values are
+    taken from ``masks_queries_logits`` (bit for bit the same), and ``recomputed - recomputed.detach()``, exactly zero,
+    adds the gradient of the R recomputed masks (a (R_b, E) x (E, h * w) product per image).
+
+    Args:
+        masks_queries_logits: (B, Q, h, w), the product of ``mask_embeddings`` (B, Q, E) and ``mask_features``
+            (B, E, h, w).
+        matches: per image (query indices, target indices), the matcher's output (CPU tensors).
+    """
+    values, recomputed = [], []
+    for image, (queries, _) in enumerate(matches):
+        queries = queries.to(masks_queries_logits.device)
+        values.append(masks_queries_logits[image, queries].detach())
+        recomputed.append(torch.einsum("qe,ehw->qhw", mask_embeddings[image, queries], mask_features[image]))
+    recomputed_masks = torch.cat(recomputed)  # (R, h, w)
+    return torch.cat(values) + (recomputed_masks - recomputed_masks.detach())
+
+
 def validate_targets(
     mask_labels: Any,
     class_labels: Any,
@@ -198,6 +226,8 @@ class Mask2FormerCriterion:
         mask_labels: Sequence[Tensor],
         class_labels: Sequence[Tensor],
         auxiliary_predictions: Sequence[dict[str, Tensor]] | None = None,
+        mask_embeddings: Tensor | None = None,
+        mask_features: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """The weighted loss terms of the last prediction and of each auxiliary one.
 
@@ -207,7 +237,11 @@ class Mask2FormerCriterion:
             mask_labels: B tensors (N_i, H, W) of 0/1 target masks (all of one size).
             class_labels: B int64 tensors (N_i,), classes in [0, K).
             auxiliary_predictions: earlier predictions, dicts with ``class_queries_logits`` and
-                ``masks_queries_logits`` (the model's ``auxiliary_logits``).
+                ``masks_queries_logits`` (the model's ``auxiliary_logits``), optionally also ``mask_embeddings`` and
+                ``mask_features``.
+            mask_embeddings, mask_features: optional, (B, Q, E) and (B, E, h, w) whose product
+                ``masks_queries_logits`` is. With them the mask losses' gradient goes through the R matched queries
+                only (:func:`matched_mask_logits`), not through all B * Q masks; the values are the same.
 
         Returns:
             ``{"loss_mask", "loss_dice", "loss_cross_entropy"}`` then the same with suffix ``_i`` for auxiliary
@@ -215,7 +249,8 @@ class Mask2FormerCriterion:
         """
         num_masks = _num_masks(class_labels, masks_queries_logits.device)
         losses = self.prediction_losses(
-            class_queries_logits, masks_queries_logits, mask_labels, class_labels, num_masks
+            class_queries_logits, masks_queries_logits, mask_labels, class_labels, num_masks,
+            mask_embeddings, mask_features,
         )
         for index, prediction in enumerate(auxiliary_predictions or ()):
             auxiliary = self.prediction_losses(
@@ -224,6 +259,8 @@ class Mask2FormerCriterion:
                 mask_labels,
                 class_labels,
                 num_masks,
+                prediction.get("mask_embeddings"),
+                prediction.get("mask_features"),
             )
             losses.update({f"{name}_{index}": value for name, value in auxiliary.items()})
         return losses
@@ -235,6 +272,8 @@ class Mask2FormerCriterion:
         mask_labels: Sequence[Tensor],
         class_labels: Sequence[Tensor],
         num_masks: Tensor | float,
+        mask_embeddings: Tensor | None = None,
+        mask_features: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Match one prediction to the targets; its weighted ``loss_mask``, ``loss_dice`` and ``loss_cross_entropy``.
 
@@ -248,7 +287,11 @@ class Mask2FormerCriterion:
         queries = torch.cat([queries for queries, _ in matches]).to(device)  # (R,)
         target_indices = [indices.to(device) for _, indices in matches]  # per image (min(Q, N_i),)
         with torch.autocast(device_type=device.type, enabled=False):
-            predicted = masks_queries_logits[images, queries].float()  # (R, h, w)
+            if mask_embeddings is not None and mask_features is not None:
+                predicted = matched_mask_logits(masks_queries_logits, mask_embeddings, mask_features, matches)
+            else:
+                predicted = masks_queries_logits[images, queries]
+            predicted = predicted.float()  # (R, h, w)
             target_masks = torch.cat(
                 [masks.to(device)[index] for masks, index in zip(mask_labels, target_indices)]
             ).float()  # (R, H, W)
