@@ -76,13 +76,22 @@ def matched_mask_logits(
             (B, E, h, w).
         matches: per image (query indices, target indices), the matcher's output (CPU tensors).
     """
-    values, recomputed = [], []
+    device = masks_queries_logits.device
+    counts = [len(queries) for queries, _ in matches]
+    most = max(counts, default=0)
+    # (B, most) matched queries per image, padded with query 0; the flat positions of the R real ones.
+    padded = torch.zeros(len(matches), most, dtype=torch.int64)
     for image, (queries, _) in enumerate(matches):
-        queries = queries.to(masks_queries_logits.device)
-        values.append(masks_queries_logits[image, queries].detach())
-        recomputed.append(torch.einsum("qe,ehw->qhw", mask_embeddings[image, queries], mask_features[image]))
-    recomputed_masks = torch.cat(recomputed)  # (R, h, w)
-    return torch.cat(values) + (recomputed_masks - recomputed_masks.detach())
+        padded[image, : len(queries)] = queries
+    kept = torch.cat([image * most + torch.arange(count) for image, count in enumerate(counts)])  # (R,)
+    padded, kept = padded.to(device), kept.to(device)
+    images = kept // max(most, 1)
+    values = masks_queries_logits.detach()[images, padded.flatten()[kept]]  # (R, h, w)
+    # One batched product for all images: per-image products would each send back a zero-filled (B, E, h, w).
+    embeddings = mask_embeddings.gather(1, padded[..., None].expand(-1, -1, mask_embeddings.shape[-1]))  # (B, most, E)
+    recomputed = torch.bmm(embeddings, mask_features.flatten(2)).flatten(0, 1)[kept]  # (R, h * w)
+    recomputed = recomputed.view(values.shape)
+    return values + (recomputed - recomputed.detach())
 
 
 def validate_targets(
