@@ -92,3 +92,18 @@ def test_no_masks_gives_no_points():
 def test_bad_ratios(options, message):
     with pytest.raises(ValueError, match=message):
         sample_uncertain_points(torch.zeros(1, 8, 8), 10, **options)
+
+
+@pytest.mark.parametrize("size", [(16, 16), (7, 12)])
+def test_sampling_many_maps_at_shared_points_matches_grid_sample(size):
+    """The matcher's embedding_bag sampling against grid_sample, points on the borders and outside included."""
+    from mask2former.training.point_sampling import sample_maps_at_points
+
+    generator = torch.Generator().manual_seed(3)
+    maps = 3 * torch.randn(20, *size, generator=generator)
+    points = torch.rand(500, 2, generator=generator) * 1.2 - 0.1  # some outside [0, 1]
+    points[:4] = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.5 / size[1], 0.5 / size[0]], [1.0, 0.0]])
+    expected = point_sample(maps[None], points[None])[0]  # (C, P)
+    actual = sample_maps_at_points(maps, points)
+    assert actual.shape == (20, 500)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from .point_sampling import point_sample
+from .point_sampling import point_sample, sample_maps_at_points
 
 
 def pairwise_sigmoid_bce(mask_logits: Tensor, targets: Tensor) -> Tensor:
@@ -105,7 +105,7 @@ class HungarianMatcher:
         if class_labels.numel() == 0:
             return mask_logits.new_empty(mask_logits.shape[0], 0, dtype=torch.float32)
         with torch.autocast(device_type=device.type, enabled=False):
-            predicted = point_sample(mask_logits.float().unsqueeze(0), points).squeeze(0)  # (Q, P)
+            predicted = sample_maps_at_points(mask_logits.float(), points[0])  # (Q, P)
             targets = point_sample(mask_labels.to(device, torch.float32).unsqueeze(0), points).squeeze(0)  # (N, P)
             return self._weighted_cost(class_logits, class_labels, predicted, targets, pairwise_sigmoid_bce)
 

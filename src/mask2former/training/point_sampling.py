@@ -32,6 +32,34 @@ def point_sample(features: Tensor, points: Tensor) -> Tensor:
     return sampled.squeeze(3)  # (B, C, P)
 
 
+def sample_maps_at_points(maps: Tensor, points: Tensor) -> Tensor:
+    """:func:`point_sample` of many maps at one set of points, as ``grid_sample`` reads them (bilinear, zeros
+    outside), up to rounding.
+
+    The four taps of every point are computed once and the maps, as rows of a (H * W, C) table, are summed with
+    ``embedding_bag``: 2-3x faster than ``grid_sample`` for the matcher's 100 maps (it loops over channels).
+
+    Args:
+        maps: (C, H, W).
+        points: (P, 2) (x, y) in [0, 1].
+
+    Returns:
+        (C, P), a transposed view.
+    """
+    channels, height, width = maps.shape
+    sizes = torch.tensor([width, height], device=points.device, dtype=maps.dtype)
+    pixel = points.to(maps.dtype) * sizes - 0.5  # (P, 2) pixel coordinates, as grid_sample(align_corners=False)
+    low = pixel.floor()
+    high_weight = pixel - low
+    corners = torch.stack((low, low + 1), 1)  # (P, 2 neighbours, 2 axes)
+    weights = torch.stack((1 - high_weight, high_weight), 1) * ((corners >= 0) & (corners <= sizes - 1))
+    index = torch.minimum(corners.clamp(min=0), sizes - 1).long()
+    rows = index[:, :, None, 1] * width + index[:, None, :, 0]  # (P, 2 y, 2 x): y * W + x
+    tap_weights = weights[:, :, None, 1] * weights[:, None, :, 0]  # (P, 2, 2)
+    table = maps.reshape(channels, height * width).T.contiguous()  # (H * W, C)
+    return F.embedding_bag(rows.flatten(1), table, per_sample_weights=tap_weights.flatten(1), mode="sum").T
+
+
 def uncertainty(mask_logits: Tensor) -> Tensor:
     """Mask2Former's uncertainty of a mask logit: -|logit|, highest where the prediction is closest to 0.5."""
     return -mask_logits.abs()
