@@ -376,19 +376,16 @@ class MultiScaleDeformableAttention(nn.Module):
         if value_padding_mask is not None:
             value = value.masked_fill(value_padding_mask[..., None], 0.0)
         value = value.view(batch_size, value.shape[1], self.num_heads, -1)  # (B, S, M, D)
-        offsets = self.sampling_offsets(query).view(
-            batch_size, num_queries, self.num_heads, self.num_levels, self.num_points, 2
-        )  # (B, Q, M, L, P, 2)
+        location_shape = (batch_size, num_queries, self.num_heads, self.num_levels, self.num_points, 2)
         weights = self.attention_weights(query).view(
             batch_size, num_queries, self.num_heads, self.num_levels * self.num_points
         )
-        weights = weights.softmax(-1).view(
-            batch_size, num_queries, self.num_heads, self.num_levels, self.num_points
-        )  # (B, Q, M, L, P)
-        # Offsets are in pixels of each level: divide by (W_l, H_l) to get [0, 1] coordinates.
-        normalizer = torch.tensor(
-            [[width, height] for height, width in spatial_shapes], dtype=query.dtype, device=query.device
-        )  # (L, 2)
-        locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        weights = weights.softmax(-1).view(location_shape[:-1])  # (B, Q, M, L, P)
+        # Offsets are in pixels of each level: divided by (W_l, H_l) they are in [0, 1] coordinates. Both operands laid
+        # out flat (B, Q, M*L*P*2): broadcasting over the small trailing dimensions is several times slower.
+        sizes = _level_vector(spatial_shapes, self.num_points, lambda h, w: (w, h), query.device, query.dtype)
+        reference = reference_points[:, :, None, :, None, :].expand(location_shape).reshape(batch_size, num_queries, -1)
+        locations = torch.addcdiv(reference, self.sampling_offsets(query), sizes.repeat(self.num_heads))
+        locations = locations.view(location_shape)  # (B, Q, M, L, P, 2)
         output = IMPLEMENTATIONS[self.implementation](value, spatial_shapes, locations, weights)
         return self.output_proj(output)
