@@ -108,6 +108,22 @@ def _gathered_row_dots(table: Tensor, rows: Tensor, grad: Tensor) -> Tensor:
 _CHUNK_ELEMENTS = 1 << 21  # elements of one (chunk, ..., D) temporary of the backward: 8 MB in float32
 
 
+def _table_rows(in_level: Tensor, level_sizes: list[int], batch_size: int, num_heads: int) -> Tensor:
+    """(N, L*P) row offsets within each level -> rows of a table in which every (image, head) holds its levels'
+    ``level_sizes`` rows one after another; N = B * Q * M (heads innermost), same integer dtype."""
+    num_bags, num_samples = in_level.shape
+    num_levels = len(level_sizes)
+    device, dtype = in_level.device, in_level.dtype
+    starts = [sum(level_sizes[:level]) for level in range(num_levels)]
+    first_rows = (
+        torch.arange(batch_size * num_heads, device=device, dtype=dtype).view(batch_size, 1, num_heads, 1, 1)
+        * sum(level_sizes)
+        + torch.tensor(starts, device=device, dtype=dtype).view(1, 1, 1, num_levels, 1)
+    ).expand(-1, -1, -1, -1, num_samples // num_levels)  # (B, 1, M, L, P): row of each level's first pixel
+    first_rows = first_rows.reshape(batch_size, 1, num_heads * num_samples)
+    return (in_level.reshape(batch_size, -1, num_heads * num_samples) + first_rows).view(num_bags, num_samples)
+
+
 def _scatter_taps(
     grad: Tensor,
     weights: Tensor,
@@ -139,11 +155,7 @@ def _scatter_taps(
     strides = _level_vector(spatial_shapes, num_points, lambda h, w: (1, w + 1), device, low.dtype)
     # Row of the top-left tap within its padded level, then plus the first row of the (image, head, level).
     in_level = ((low.clamp(min=-1).minimum(sizes - 1) + 1) * strides).view(num_bags, num_samples, 2).sum(-1)
-    first_rows = (
-        torch.arange(batch_size * num_heads, device=device).view(batch_size, 1, num_heads, 1, 1) * sum(padded_sizes)
-        + torch.tensor(padded_starts, device=device).view(1, 1, 1, num_levels, 1)
-    ).expand(-1, -1, -1, -1, num_points).reshape(batch_size, 1, num_heads * num_samples)
-    top_left = (in_level.long().view(batch_size, -1, num_heads * num_samples) + first_rows).view(num_bags, num_samples)
+    top_left = _table_rows(in_level.long(), padded_sizes, batch_size, num_heads)
     accumulate_dtype = torch.promote_types(grad.dtype, torch.float32)
     padded = torch.zeros(batch_size * num_heads * sum(padded_sizes), 4 * head_dim, device=device, dtype=accumulate_dtype)
     step = max(1, _CHUNK_ELEMENTS // (num_samples * 4 * head_dim))
@@ -208,21 +220,9 @@ class _DeformableSampling(torch.autograd.Function):
         index_dtype = torch.int32 if batch_size * num_heads * num_values < 2**31 else torch.int64
         offset_low = (low.clamp(min=0).minimum(last) * strides).to(index_dtype).view(num_bags, num_samples, 2)
         offset_high = ((low + 1).clamp(min=0).minimum(last) * strides).to(index_dtype).view(num_bags, num_samples, 2)
-        starts = [0]
-        for height, width in spatial_shapes[:-1]:
-            starts.append(starts[-1] + height * width)
-        first_rows = (
-            torch.arange(batch_size * num_heads, device=device, dtype=index_dtype).view(batch_size, 1, num_heads, 1, 1)
-            * num_values
-            + torch.tensor(starts, device=device, dtype=index_dtype).view(1, 1, 1, num_levels, 1)
-        ).expand(-1, -1, -1, -1, num_points).reshape(batch_size, 1, num_heads * num_samples)
-        # (B, 1, M*L*P): table row of each (image, head, level)'s first pixel
-        x_low = (offset_low[..., 0].reshape(batch_size, -1, num_heads * num_samples) + first_rows).view(
-            num_bags, num_samples
-        )
-        x_high = (offset_high[..., 0].reshape(batch_size, -1, num_heads * num_samples) + first_rows).view(
-            num_bags, num_samples
-        )
+        level_sizes = [height * width for height, width in spatial_shapes]
+        x_low = _table_rows(offset_low[..., 0], level_sizes, batch_size, num_heads)  # (N, L*P) with the x offset
+        x_high = _table_rows(offset_high[..., 0], level_sizes, batch_size, num_heads)
         y_low, y_high = offset_low[..., 1], offset_high[..., 1]
         rows = torch.stack((x_low + y_low, x_high + y_low, x_low + y_high, x_high + y_high), -1)  # (N, L*P, 4)
         attention = attention_weights.reshape(num_bags, num_samples)
