@@ -69,7 +69,7 @@ def matched_mask_logits(
     Indexing ``masks_queries_logits`` would send back a dense (B, Q, h, w) gradient, zero outside the R matched rows,
     through the full (B, Q, E) x (B, E, h * w) product (most of the mask head's backward time). Here the values are
     taken from ``masks_queries_logits`` (bit for bit the same), and ``recomputed - recomputed.detach()``, exactly zero,
-    adds the gradient of the R recomputed masks (a (R_b, E) x (E, h * w) product per image).
+    adds the gradient of the R recomputed masks (one (B, max R_b, E) x (B, E, h * w) product).
 
     Args:
         masks_queries_logits: (B, Q, h, w), the product of ``mask_embeddings`` (B, Q, E) and ``mask_features``
