@@ -580,9 +580,10 @@ class Mask2FormerImageProcessor:
         if self.resample == NEAREST:
             rows, columns = pil_nearest_indices(height, size[0]), pil_nearest_indices(width, size[1])
             return image[rows[:, None], columns].transpose(2, 0, 1)
-        # A (1, 3, H, W) view of the (H, W, 3) array: the kernel reads it as channels-last (its fast path) and, as
-        # the batch dimension has size 1, writes a channels-first output, which the normalization reads fastest.
-        batch = torch.from_numpy(_torch_compatible(image)).permute(2, 0, 1).unsqueeze(0)
+        # A channels-last (1, 3, H, W) view of the (H, W, 3) array, its batch stride H * W * 3 so that the kernel
+        # writes a channels-last output too: its fast path both ways. A channels-first output costs the kernel a
+        # strided repacking that takes longer than the resampling; the normalization reads the interleaved channels.
+        batch = torch.from_numpy(_torch_compatible(image)).unsqueeze(0).permute(0, 3, 1, 2)
         # Pillow's filters widen with the downscaling factor; antialias=True is PyTorch's port of that.
         mode = _RESAMPLE_NAMES[self.resample]
         return F.interpolate(batch, size=tuple(size), mode=mode, antialias=True, align_corners=False)[0].numpy()
