@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from mask2former import Mask2FormerConfig
-from mask2former.training import Mask2FormerCriterion, dice_loss, sigmoid_bce_loss, validate_targets
+from mask2former.training import (
+    Mask2FormerCriterion,
+    dice_loss,
+    sigmoid_bce_loss,
+    validate_targets,
+)
 from mask2former.training import criterion as criterion_module
 
 NUM_LABELS = 5
@@ -227,21 +232,33 @@ def test_good_targets_pass():
 
 def test_gradient_through_matched_masks_only_equals_the_dense_one():
     """With the mask embeddings and features, the losses are the same floats and the gradients of the embeddings and
-    features those of indexing the full (B, Q, h, w) logits (counts include an image without targets)."""
+    features those of indexing the full (B, Q, h, w) logits, for the last and the auxiliary predictions (counts include
+    an image without targets)."""
     generator = torch.Generator().manual_seed(8)
-    batch, queries, channels, size = 3, 10, 6, 16
-    class_logits = torch.randn(batch, queries, NUM_LABELS + 1, generator=generator)
-    embeddings = torch.randn(batch, queries, channels, generator=generator)
+    batch, queries, channels, size, num_predictions = 3, 10, 6, 16, 3
+    class_logits = torch.randn(num_predictions, batch, queries, NUM_LABELS + 1, generator=generator)
+    embeddings = torch.randn(num_predictions, batch, queries, channels, generator=generator)
     features = torch.randn(batch, channels, size, size, generator=generator)
     mask_labels, class_labels = random_targets([3, 0, 5], seed=8)
     results = []
     for factored in (False, True):
         leaves = [embeddings.clone().requires_grad_(True), features.clone().requires_grad_(True)]
-        logits = torch.einsum("bqc,bchw->bqhw", *leaves)
+        logits = [torch.einsum("bqc,bchw->bqhw", leaves[0][index], leaves[1]) for index in range(num_predictions)]
+        predictions = [
+            {"class_queries_logits": class_logits[index], "masks_queries_logits": logits[index]}
+            for index in range(num_predictions)
+        ]
+        if factored:
+            for index, prediction in enumerate(predictions):
+                prediction.update(mask_embeddings=leaves[0][index], mask_features=leaves[1])
         criterion = Mask2FormerCriterion(num_labels=NUM_LABELS, num_points=50)
         torch.manual_seed(0)
-        extra = {"mask_embeddings": leaves[0], "mask_features": leaves[1]} if factored else {}
-        losses = criterion(class_logits, logits, mask_labels, class_labels, **extra)
+        last, *auxiliary = predictions[::-1]
+        losses = criterion(
+            last.pop("class_queries_logits"), last.pop("masks_queries_logits"), mask_labels, class_labels,
+            auxiliary_predictions=auxiliary, **last,
+        )  # fmt: skip
+        assert len(losses) == 3 * num_predictions
         sum(losses.values()).backward()
         results.append((losses, [leaf.grad for leaf in leaves]))
     (dense_losses, dense_grads), (sparse_losses, sparse_grads) = results
@@ -250,3 +267,4 @@ def test_gradient_through_matched_masks_only_equals_the_dense_one():
     for dense, sparse in zip(dense_grads, sparse_grads):
         assert dense.abs().sum() > 0
         torch.testing.assert_close(sparse, dense, atol=1e-6, rtol=1e-5)
+    assert all(dense_grads[0][index].abs().sum() > 0 for index in range(num_predictions))

@@ -19,6 +19,8 @@ batch, P points, H/W height/width.
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,41 +59,103 @@ def dice_loss(mask_logits: Tensor, targets: Tensor, num_masks: Tensor | float) -
     return (1 - (intersection + 1) / (total + 1)).sum() / num_masks
 
 
-def matched_mask_logits(
-    masks_queries_logits: Tensor,
-    mask_embeddings: Tensor,
-    mask_features: Tensor,
-    matches: Sequence[tuple[Tensor, Tensor]],
-) -> Tensor:
-    """The (R, h, w) mask logits of the matched queries, image after image, with a gradient that reaches the
-    embeddings and features through these R masks only.
+class MatchedMasks:
+    """The matched queries' mask logits of every prediction of one loss call, with one gradient product for all.
 
-    Indexing ``masks_queries_logits`` would send back a dense (B, Q, h, w) gradient, zero outside the R matched rows,
-    through the full (B, Q, E) x (B, E, h * w) product (most of the mask head's backward time). Here the values are
-    taken from ``masks_queries_logits`` (bit for bit the same), and ``recomputed - recomputed.detach()``, exactly zero,
-    adds the gradient of the R recomputed masks (one (B, max R_b, E) x (B, E, h * w) product).
+    Indexing ``masks_queries_logits`` would send back, per prediction, a dense (B, Q, h, w) gradient, zero outside
+    the R matched rows, through the full (B, Q, E) x (B, E, h * w) product (most of the mask head's backward time).
+    Here the values are read from ``masks_queries_logits`` (bit for bit the same), and their (R, h, w) gradients are
+    held until every prediction's has arrived; then, per image, one product sends all of them to ``mask_features``
+    and one to the embeddings (a (B, E, h, w) gradient per prediction, summed, cost more than the products).
 
     Args:
-        masks_queries_logits: (B, Q, h, w), the product of ``mask_embeddings`` (B, Q, E) and ``mask_features``
-            (B, E, h, w).
-        matches: per image (query indices, target indices), the matcher's output (CPU tensors).
+        mask_embeddings: T tensors (B, Q, E), one per prediction, whose product with ``mask_features`` (B, E, h, w)
+            the predictions' mask logits are.
     """
-    device = masks_queries_logits.device
-    counts = [len(queries) for queries, _ in matches]
-    most = max(counts, default=0)
-    # (B, most) matched queries per image, padded with query 0; the flat positions of the R real ones.
-    padded = torch.zeros(len(matches), most, dtype=torch.int64)
-    for image, (queries, _) in enumerate(matches):
-        padded[image, : len(queries)] = queries
-    kept = torch.cat([image * most + torch.arange(count) for image, count in enumerate(counts)])  # (R,)
-    padded, kept = padded.to(device), kept.to(device)
-    images = kept // max(most, 1)
-    values = masks_queries_logits.detach()[images, padded.flatten()[kept]]  # (R, h, w)
-    # One batched product for all images: per-image products would each send back a zero-filled (B, E, h, w).
-    embeddings = mask_embeddings.gather(1, padded[..., None].expand(-1, -1, mask_embeddings.shape[-1]))  # (B, most, E)
-    recomputed = torch.bmm(embeddings, mask_features.flatten(2)).flatten(0, 1)[kept]  # (R, h * w)
-    recomputed = recomputed.view(values.shape)
-    return values + (recomputed - recomputed.detach())
+
+    def __init__(self, mask_embeddings: Sequence[Tensor], mask_features: Tensor) -> None:
+        self._gradients: dict[int, tuple[list[int], Tensor, Tensor]] = {}
+        self._anchor = _SendMaskGradients.apply(self._gradients, mask_features, *mask_embeddings)
+
+    def select(self, prediction: int, masks_queries_logits: Tensor, matches: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
+        """(R, h, w): the masks of prediction ``prediction`` (B, Q, h, w) of the matched queries, image after image.
+
+        ``matches``: per image (query indices, target indices), the matcher's output (CPU tensors).
+        """
+        counts = [len(queries) for queries, _ in matches]
+        device = masks_queries_logits.device
+        images = torch.repeat_interleave(torch.arange(len(matches)), torch.tensor(counts, dtype=torch.int64))
+        queries = torch.cat([queries for queries, _ in matches]).to(device=device, dtype=torch.int64)
+        return _HoldMaskGradient.apply(
+            self._anchor, self._gradients, prediction, counts, masks_queries_logits.detach(), images.to(device), queries
+        )
+
+
+class _HoldMaskGradient(torch.autograd.Function):
+    """Forward: ``masks[images, queries]``. Backward: keeps the gradient for :class:`_SendMaskGradients`."""
+
+    @staticmethod
+    def forward(ctx: Any, anchor: Tensor, gradients: dict, prediction: int, counts: list[int], masks: Tensor,
+                images: Tensor, queries: Tensor) -> Tensor:  # fmt: skip
+        ctx.hold = (gradients, prediction, counts)
+        ctx.save_for_backward(queries)
+        return masks[images, queries]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        gradients, prediction, counts = ctx.hold
+        (queries,) = ctx.saved_tensors
+        gradients[prediction] = (counts, queries, grad)
+        return grad.new_zeros(()), None, None, None, None, None, None
+
+
+class _SendMaskGradients(torch.autograd.Function):
+    """Forward: a scalar every :class:`_HoldMaskGradient` takes, so that this backward runs after all of theirs.
+    Backward: the held gradients' products with the embeddings and the features, one per image."""
+
+    @staticmethod
+    def forward(ctx: Any, gradients: dict, features: Tensor, *embeddings: Tensor) -> Tensor:
+        ctx.gradients = gradients
+        ctx.save_for_backward(features, *embeddings)
+        return features.new_zeros(())
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, _: Tensor) -> tuple[Tensor | None, ...]:
+        features, *embeddings = ctx.saved_tensors
+        held = sorted(ctx.gradients.items())
+        ctx.gradients.clear()
+        batch_size = features.shape[0]
+        flat_features = features.flatten(2)  # (B, E, h * w)
+        grad_features = torch.zeros_like(flat_features) if ctx.needs_input_grad[1] else None
+        grad_embeddings = [
+            torch.zeros_like(embeddings[index]) if ctx.needs_input_grad[2 + index] else None
+            for index in range(len(embeddings))
+        ]
+        starts = {prediction: [0, *itertools.accumulate(counts)] for prediction, (counts, _, _) in held}
+        for image in range(batch_size):
+            # The (n, E) embeddings and (n, h * w) gradients of this image's matched masks over all predictions.
+            parts = [
+                (prediction, queries[starts[prediction][image] : starts[prediction][image + 1]],
+                 grad[starts[prediction][image] : starts[prediction][image + 1]])
+                for prediction, (_, queries, grad) in held
+            ]  # fmt: skip
+            parts = [(prediction, queries, grad) for prediction, queries, grad in parts if len(queries)]
+            if not parts:
+                continue
+            grads = torch.cat([grad.flatten(1) for _, _, grad in parts]).to(features.dtype)  # (n, h * w)
+            if grad_features is not None:
+                rows = torch.cat([embeddings[prediction][image, queries] for prediction, queries, _ in parts]).to(grads.dtype)
+                torch.mm(rows.t(), grads, out=grad_features[image])  # (E, h * w)
+            if any(grad is not None for grad in grad_embeddings):
+                grad_rows = torch.mm(grads, flat_features[image].t()).split([len(q) for _, q, _ in parts])  # (n, E)
+                for (prediction, queries, _), rows in zip(parts, grad_rows):
+                    if grad_embeddings[prediction] is not None:
+                        grad_embeddings[prediction][image, queries] = rows.to(embeddings[prediction].dtype)
+        if grad_features is not None:
+            grad_features = grad_features.view_as(features)
+        return (None, grad_features, *grad_embeddings)
 
 
 def validate_targets(
@@ -250,28 +314,46 @@ class Mask2FormerCriterion:
                 ``mask_features``.
             mask_embeddings, mask_features: optional, (B, Q, E) and (B, E, h, w) whose product
                 ``masks_queries_logits`` is. With them the mask losses' gradient goes through the R matched queries
-                only (:func:`matched_mask_logits`), not through all B * Q masks; the values are the same.
+                only (:class:`MatchedMasks`), not through all B * Q masks; the values are the same.
 
         Returns:
             ``{"loss_mask", "loss_dice", "loss_cross_entropy"}`` then the same with suffix ``_i`` for auxiliary
             prediction i; scalar float32 tensors, already multiplied by their weights. The loss is their sum.
         """
         num_masks = _num_masks(class_labels, masks_queries_logits.device)
-        losses = self.prediction_losses(
-            class_queries_logits, masks_queries_logits, mask_labels, class_labels, num_masks,
-            mask_embeddings, mask_features,
-        )
-        for index, prediction in enumerate(auxiliary_predictions or ()):
-            auxiliary = self.prediction_losses(
+        predictions = [
+            {"class_queries_logits": class_queries_logits, "masks_queries_logits": masks_queries_logits,
+             "mask_embeddings": mask_embeddings, "mask_features": mask_features},
+            *(auxiliary_predictions or ()),
+        ]  # fmt: skip
+        factored = [
+            index
+            for index, prediction in enumerate(predictions)
+            if prediction.get("mask_embeddings") is not None and prediction.get("mask_features") is not None
+        ]
+        # One MatchedMasks per set of predictions that share their features (all of them, from the model).
+        groups: dict[int, list[int]] = {}
+        for index in factored:
+            groups.setdefault(id(predictions[index]["mask_features"]), []).append(index)
+        selectors: dict[int, Any] = {}
+        for indices in groups.values():
+            matched = MatchedMasks(
+                [predictions[index]["mask_embeddings"] for index in indices], predictions[indices[0]]["mask_features"]
+            )
+            for position, index in enumerate(indices):
+                selectors[index] = functools.partial(matched.select, position)
+        losses: dict[str, Tensor] = {}
+        for index, prediction in enumerate(predictions):
+            terms = self.prediction_losses(
                 prediction["class_queries_logits"],
                 prediction["masks_queries_logits"],
                 mask_labels,
                 class_labels,
                 num_masks,
-                prediction.get("mask_embeddings"),
-                prediction.get("mask_features"),
+                selectors.get(index),
             )
-            losses.update({f"{name}_{index}": value for name, value in auxiliary.items()})
+            suffix = "" if index == 0 else f"_{index - 1}"
+            losses.update({f"{name}{suffix}": value for name, value in terms.items()})
         return losses
 
     def prediction_losses(
@@ -281,12 +363,13 @@ class Mask2FormerCriterion:
         mask_labels: Sequence[Tensor],
         class_labels: Sequence[Tensor],
         num_masks: Tensor | float,
-        mask_embeddings: Tensor | None = None,
-        mask_features: Tensor | None = None,
+        select_masks: Any = None,
     ) -> dict[str, Tensor]:
         """Match one prediction to the targets; its weighted ``loss_mask``, ``loss_dice`` and ``loss_cross_entropy``.
 
-        Args: as :meth:`__call__`, plus ``num_masks``, the normalizer of the mask losses.
+        Args: as :meth:`__call__`, plus ``num_masks``, the normalizer of the mask losses, and optionally
+            ``select_masks(masks_queries_logits, matches)`` that returns the matched masks (R, h, w) (default:
+            indexing, whose gradient is dense over all B * Q masks).
         """
         device = masks_queries_logits.device
         class_labels = [classes.to(device) for classes in class_labels]
@@ -296,8 +379,8 @@ class Mask2FormerCriterion:
         queries = torch.cat([queries for queries, _ in matches]).to(device)  # (R,)
         target_indices = [indices.to(device) for _, indices in matches]  # per image (min(Q, N_i),)
         with torch.autocast(device_type=device.type, enabled=False):
-            if mask_embeddings is not None and mask_features is not None:
-                predicted = matched_mask_logits(masks_queries_logits, mask_embeddings, mask_features, matches)
+            if select_masks is not None:
+                predicted = select_masks(masks_queries_logits, matches)
             else:
                 predicted = masks_queries_logits[images, queries]
             predicted = predicted.float()  # (R, h, w)
