@@ -458,12 +458,8 @@ class Mask2FormerImageProcessor:
             sizes.append((height, width))
         padded_size = (max(height for height, _ in sizes), max(width for _, width in sizes))
 
-        pixel_values = self._pixel_values(loaded, sizes, padded_size)
         pixel_mask = np.empty((len(loaded), *padded_size), dtype=np.int64)  # (B, H, W), each element written once
-        for index, (height, width) in enumerate(sizes):
-            pixel_mask[index, :height, :width] = 1
-            pixel_mask[index, height:] = 0
-            pixel_mask[index, :height, width:] = 0
+        pixel_values = self._pixel_values(loaded, sizes, padded_size, pixel_mask)
         result = BatchFeature(pixel_values=pixel_values, pixel_mask=pixel_mask)
         if maps is not None:
             targets = [
@@ -485,10 +481,14 @@ class Mask2FormerImageProcessor:
     # cost more in synchronization than they save on these memory-bound steps. Only the resize kernels are PyTorch's.
 
     def _pixel_values(
-        self, images: list[np.ndarray], sizes: list[tuple[int, int]], padded_size: tuple[int, int]
+        self,
+        images: list[np.ndarray],
+        sizes: list[tuple[int, int]],
+        padded_size: tuple[int, int],
+        pixel_mask: np.ndarray,
     ) -> np.ndarray:
         """Resize the images, then rescale and normalize each straight into its place of the padded (B, 3, H, W)
-        float32 batch.
+        float32 batch; write the (B, H, W) ``pixel_mask`` (1 on each job's pixels, 0 on the padding).
 
         The work is cut into jobs: one per image or, when there are fewer images than threads, one per band of an
         image (:func:`_band_plan`). PyTorch's resize kernel runs on one core for one image, so the jobs run side by
@@ -515,11 +515,14 @@ class Mask2FormerImageProcessor:
                 target[...] = source
             if bias is not None:
                 np.add(target, bias, out=target)
+            pixel_mask[job.index, job.top : job.top + source.shape[1], job.left : job.left + source.shape[2]] = 1
 
         _run_in_threads(run, jobs, threads)
         for index, (height, width) in enumerate(sizes):
             pixel_values[index, :, height:, :] = 0
             pixel_values[index, :, :height, width:] = 0
+            pixel_mask[index, height:] = 0
+            pixel_mask[index, :height, width:] = 0
         return pixel_values
 
     def _affine(self) -> tuple[np.ndarray | None, np.ndarray | None]:
