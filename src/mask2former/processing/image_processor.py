@@ -527,15 +527,8 @@ class Mask2FormerImageProcessor:
 
     def _affine(self) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Rescale and normalize folded into x * scale + bias, per channel, each (3, 1, 1) float32 or None."""
-        # Python floats are float64, as the division needs; the factors are cast to float32 once at the end.
-        scale = [self.rescale_factor if self.do_rescale else 1.0] * 3
-        bias = [0.0] * 3
-        if self.do_normalize:
-            scale = [factor / std for factor, std in zip(scale, self.image_std)]
-            bias = [-mean / std for mean, std in zip(self.image_mean, self.image_std)]
-        return (
-            np.array(scale, dtype=np.float32).reshape(3, 1, 1) if any(factor != 1 for factor in scale) else None,
-            np.array(bias, dtype=np.float32).reshape(3, 1, 1) if self.do_normalize else None,
+        return _affine_factors(
+            self.do_rescale, self.rescale_factor, self.do_normalize, tuple(self.image_mean), tuple(self.image_std)
         )
 
     def _resize_jobs(self, image: np.ndarray, size: tuple[int, int], index: int, split: bool) -> list[_ResizeJob]:
@@ -890,6 +883,31 @@ def _load_image(item: Any, name: str, channel_format: str | None, check_range: b
             stacklevel=4,
         )
     return array
+
+
+@functools.lru_cache(maxsize=16)
+def _affine_factors(
+    do_rescale: bool,
+    rescale_factor: float,
+    do_normalize: bool,
+    image_mean: tuple[float, float, float],
+    image_std: tuple[float, float, float],
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """:meth:`Mask2FormerImageProcessor._affine`, cached (read-only arrays: every call of a processor shares them)."""
+    # Python floats are float64, as the division needs; the factors are cast to float32 once at the end.
+    scale = [rescale_factor if do_rescale else 1.0] * 3
+    bias = [0.0] * 3
+    if do_normalize:
+        scale = [factor / std for factor, std in zip(scale, image_std)]
+        bias = [-mean / std for mean, std in zip(image_mean, image_std)]
+    factors = (
+        np.array(scale, dtype=np.float32).reshape(3, 1, 1) if any(factor != 1 for factor in scale) else None,
+        np.array(bias, dtype=np.float32).reshape(3, 1, 1) if do_normalize else None,
+    )
+    for array in factors:
+        if array is not None:
+            array.flags.writeable = False
+    return factors
 
 
 _TAPS = {"bilinear": 2, "bicubic": 4}  # width of each resampling filter, in input pixels at scale 1
