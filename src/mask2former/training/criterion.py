@@ -77,17 +77,13 @@ class MatchedMasks:
         self._gradients: dict[int, tuple[list[int], Tensor, Tensor]] = {}
         self._anchor = _SendMaskGradients.apply(self._gradients, mask_features, *mask_embeddings)
 
-    def select(self, prediction: int, masks_queries_logits: Tensor, matches: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
-        """(R, h, w): the masks of prediction ``prediction`` (B, Q, h, w) of the matched queries, image after image.
-
-        ``matches``: per image (query indices, target indices), the matcher's output (CPU tensors).
-        """
-        counts = [len(queries) for queries, _ in matches]
-        device = masks_queries_logits.device
-        images = torch.repeat_interleave(torch.arange(len(matches)), torch.tensor(counts, dtype=torch.int64))
-        queries = torch.cat([queries for queries, _ in matches]).to(device=device, dtype=torch.int64)
+    def select(
+        self, prediction: int, masks_queries_logits: Tensor, images: Tensor, queries: Tensor, counts: list[int]
+    ) -> Tensor:
+        """(R, h, w): ``masks_queries_logits[images, queries]`` of prediction ``prediction`` (B, Q, h, w), the matched
+        pairs image after image, ``counts`` of them per image."""
         return _HoldMaskGradient.apply(
-            self._anchor, self._gradients, prediction, counts, masks_queries_logits.detach(), images.to(device), queries
+            self._anchor, self._gradients, prediction, counts, masks_queries_logits.detach(), images, queries
         )
 
 
@@ -368,8 +364,8 @@ class Mask2FormerCriterion:
         """Match one prediction to the targets; its weighted ``loss_mask``, ``loss_dice`` and ``loss_cross_entropy``.
 
         Args: as :meth:`__call__`, plus ``num_masks``, the normalizer of the mask losses, and optionally
-            ``select_masks(masks_queries_logits, matches)`` that returns the matched masks (R, h, w) (default:
-            indexing, whose gradient is dense over all B * Q masks).
+            ``select_masks(masks_queries_logits, images, queries, counts)`` that returns the matched masks
+            (R, h, w) (default: indexing, whose gradient is dense over all B * Q masks).
         """
         device = masks_queries_logits.device
         class_labels = [classes.to(device) for classes in class_labels]
@@ -380,7 +376,7 @@ class Mask2FormerCriterion:
         target_indices = [indices.to(device) for _, indices in matches]  # per image (min(Q, N_i),)
         with torch.autocast(device_type=device.type, enabled=False):
             if select_masks is not None:
-                predicted = select_masks(masks_queries_logits, matches)
+                predicted = select_masks(masks_queries_logits, images, queries, [len(index) for index in target_indices])
             else:
                 predicted = masks_queries_logits[images, queries]
             predicted = predicted.float()  # (R, h, w)
