@@ -124,7 +124,7 @@ class _SendMaskGradients(torch.autograd.Function):
         ctx.gradients.clear()
         batch_size = features.shape[0]
         flat_features = features.flatten(2)  # (B, E, h * w)
-        grad_features = torch.zeros_like(flat_features) if ctx.needs_input_grad[1] else None
+        grad_features = torch.empty_like(flat_features) if ctx.needs_input_grad[1] else None  # each image written once
         grad_embeddings = [
             torch.zeros_like(embeddings[index]) if ctx.needs_input_grad[2 + index] else None
             for index in range(len(embeddings))
@@ -139,6 +139,8 @@ class _SendMaskGradients(torch.autograd.Function):
             ]  # fmt: skip
             parts = [(prediction, queries, grad) for prediction, queries, grad in parts if len(queries)]
             if not parts:
+                if grad_features is not None:
+                    grad_features[image].zero_()
                 continue
             grads = torch.cat([grad.flatten(1) for _, _, grad in parts]).to(features.dtype)  # (n, h * w)
             if grad_features is not None:
