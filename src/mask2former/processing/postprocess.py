@@ -205,10 +205,20 @@ def _nearest_index(in_size: int, out_size: int, device: torch.device) -> Tensor:
     return index.to(device)
 
 
+def _take_columns(values: Tensor, index: Tensor) -> Tensor:
+    """``values.index_select(-1, index)``, through ``gather`` (several times faster on CPU)."""
+    return values.gather(-1, index.expand(*values.shape[:-1], len(index)))
+
+
+def _take_grid(grid: Tensor, rows: Tensor, columns: Tensor) -> Tensor:
+    """(..., h, w) -> (..., len(rows), len(columns)): the grid's ``rows`` and ``columns``."""
+    return _take_columns(grid.index_select(-2, rows), columns)
+
+
 def _resize_separable(values: Tensor, taps_y: _Taps, taps_x: _Taps) -> Tensor:
     """Bilinear resize of (..., h, w) with the given taps -> (..., len(taps_y), len(taps_x)); columns, then rows."""
-    columns = values.index_select(-1, taps_x.index0) * taps_x.weight0
-    columns += values.index_select(-1, taps_x.index1) * taps_x.weight1
+    columns = _take_columns(values, taps_x.index0) * taps_x.weight0
+    columns += _take_columns(values, taps_x.index1) * taps_x.weight1
     resized = columns.index_select(-2, taps_y.index0) * taps_y.weight0[:, None]
     resized += columns.index_select(-2, taps_y.index1) * taps_y.weight1[:, None]
     return resized
@@ -298,11 +308,11 @@ def _cells_to_pixels(
 
 
 def _sure_argmax(low: Tensor, high: Tensor) -> tuple[Tensor, Tensor]:
-    """For (n, C) scores known only to lie between ``low`` and ``high``: the argmax of ``low`` (n,), and whether it
-    is the argmax whatever the scores (its lower bound beats every other channel's upper bound) (n,)."""
-    best = low.argmax(1)
-    best_low = low.gather(1, best[:, None]).squeeze(1)
-    rival = high.scatter(1, best[:, None], -math.inf).amax(1)
+    """For (C, n) scores known only to lie between ``low`` and ``high``: the argmax of ``low`` over the channels
+    (n,), and whether it is the argmax whatever the scores (its lower bound beats every other channel's upper
+    bound) (n,)."""
+    best_low, best = low.max(0)  # the first maximum, as argmax(0); reductions over dim 0 are the fast ones here
+    rival = high.scatter(0, best[None], -math.inf).amax(0)
     return best, best_low > rival + _BOUND_MARGIN * rival.abs() + 1e-7
 
 
@@ -346,7 +356,7 @@ def _frame_labels(best: Tensor, decided: Tensor, plan: _Plan, exact_argmax: Any)
     ``exact_argmax(flat)`` (n,) at the frame pixels of the other cells; None when those are too many."""
     height, width = plan.cells
     cells = torch.where(decided, best, -1).view(height, width)
-    labels = cells.index_select(0, plan.frame_y.index0).index_select(1, plan.frame_x.index0)  # (frame)
+    labels = _take_grid(cells, plan.frame_y.index0, plan.frame_x.index0)  # (frame)
     cell_y, cell_x = (~decided.view(height, width)).nonzero(as_tuple=True)
     pixels = _cells_to_pixels(cell_y, cell_x, plan.frame_y, plan.frame_x, _SPARSE_LIMIT * labels.numel())
     if pixels is None:
@@ -403,7 +413,7 @@ class _ResizedLabels(NamedTuple):
     def map(self, values: Tensor | None = None) -> Tensor:
         """The output map (H, W) of the labels, or of ``values[label]``."""
         grid = self.labels if values is None else _take(values, self.labels)
-        resized = grid.index_select(0, self.taps_y.index0).index_select(1, self.taps_x.index0)
+        resized = _take_grid(grid, self.taps_y.index0, self.taps_x.index0)
         resized[self.open_y, self.open_x] = self.open_labels if values is None else _take(values, self.open_labels)
         return resized
 
@@ -505,7 +515,7 @@ class _Plan:
         """Nearest-neighbour resize of (..., frame height, frame width) to the output size."""
         if self.nearest_y is None:
             return grid
-        return grid.index_select(-2, self.nearest_y).index_select(-1, self.nearest_x)
+        return _take_grid(grid, self.nearest_y, self.nearest_x)
 
 
 def _plans(
@@ -618,7 +628,7 @@ class _SemanticScores:
         self.classes = candidate.nonzero().squeeze(1)  # (K*,)
         self.relevant_probs, self.other_probs = relevant_probs[:, self.classes], other_probs[:, self.classes]
         # Score bounds of the candidate classes on each cell's frame pixels, and the other queries' slack.
-        self.lower, self.upper = low.T @ self.relevant_probs, high.T @ self.relevant_probs  # (h*w, K*)
+        self.lower, self.upper = self.relevant_probs.T @ low, self.relevant_probs.T @ high  # (K*, h*w)
         self.cell_slack = self.other_probs.amax(1) @ other_high  # (h*w,)
         self.block_slack = self._blocks(self.cell_slack[None], torch.maximum)[0]  # (h*w,)
         self.relevant_table = relevant_logits.flatten(1).T.contiguous()  # (h*w, R): a row per logit pixel
@@ -668,7 +678,7 @@ class _SemanticScores:
         """The argmax on the frame (indices into ``classes``), or None when most of it needs exact evaluation."""
         if len(self.classes) == 1:
             return torch.zeros(self.plan.frame, dtype=torch.long, device=self.lower.device)
-        best, decided = _sure_argmax(self.lower, self.upper + self.cell_slack[:, None])
+        best, decided = _sure_argmax(self.lower, self.upper + self.cell_slack)
         return _frame_labels(best, decided, self.plan, self._exact_argmax)
 
 
@@ -895,7 +905,7 @@ class _WeightedMasks:
 
     def owner(self) -> Tensor | None:
         """The argmax query on the frame, or None when most of it needs the exact evaluation."""
-        best, decided = _sure_argmax(self.low.flatten(1).T.contiguous(), self.high.flatten(1).T.contiguous())
+        best, decided = _sure_argmax(self.low.flatten(1), self.high.flatten(1))
         return _frame_labels(best, decided, self.plan, lambda flat: self.at(flat).argmax(1))
 
     def own_area_bounds(self, threshold: float) -> tuple[Tensor, Tensor]:
