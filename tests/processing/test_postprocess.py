@@ -439,13 +439,18 @@ def test_shortcuts_match_dense_computation(monkeypatch, geometry):
         assert sparse["segments_info"] == dense["segments_info"]
 
 
-@pytest.mark.parametrize("geometry", ["384 -> per-image", "frame smaller than the logits", "no target, small frame"])
-def test_own_area_bounds_hold(geometry):
-    """Panoptic own areas are bounded from cells; the bounds must hold the exact count (transformers' way)."""
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_own_areas_bounded_and_counted_on_a_box(geometry):
+    """Panoptic own areas are bounded from cells, and counted exactly only on the box of output pixels that may reach
+    the threshold: the bounds must hold the count of transformers' dense way, and the box count must equal it."""
     outputs = smooth_outputs(seed=10)
     options = GEOMETRIES[geometry]
     plans = postprocess._plans(
-        outputs["masks_queries_logits"], options.get("target_sizes"), options.get("mask_size", (384, 384)), None, None
+        outputs["masks_queries_logits"],
+        options.get("target_sizes"),
+        options.get("mask_size", (384, 384)),
+        options.get("input_sizes"),
+        None,
     )
     scores = torch.linspace(0.5, 1.0, 12)
     for index, plan in enumerate(plans):
@@ -459,6 +464,9 @@ def test_own_area_bounds_hold(geometry):
             exact = (probabilities * scores[:, None, None] >= threshold).flatten(1).sum(1)
             assert bool((lower <= exact).all() and (exact <= upper).all())
             assert bool((upper - lower < exact.clamp(min=1)).any())  # the bounds are not vacuous
+            assert torch.equal(masks.own_areas(torch.arange(12), threshold), exact)
+            for query in (0, 5, 11):  # one query: a smaller box
+                assert torch.equal(masks.own_areas(torch.tensor([query]), threshold), exact[query : query + 1])
 
 
 def test_single_class():

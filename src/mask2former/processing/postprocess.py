@@ -395,20 +395,11 @@ class _ResizedLabels(NamedTuple):
     plus the labels of the other output pixels."""
 
     labels: Tensor  # (h, w) the argmax on the grid
-    agree: Tensor  # (h, w) bool: cells whose output pixels all take the cell's label
     open_y: Tensor  # (n,) the output pixels of the other cells
     open_x: Tensor
     open_labels: Tensor  # (n,)
     taps_y: _Taps
     taps_x: _Taps
-
-    def counts(self, length: int) -> Tensor:
-        """Output pixels per label (length,)."""
-        rows = torch.bincount(self.taps_y.index0, minlength=self.labels.shape[0]).float()  # output rows per cell
-        columns = torch.bincount(self.taps_x.index0, minlength=self.labels.shape[1]).float()
-        pixels = (rows[:, None] * columns[None, :]).mul_(self.agree)  # (h, w), exact in float32
-        counts = torch.bincount(self.labels.flatten(), weights=pixels.flatten(), minlength=length).round().long()
-        return counts + torch.bincount(self.open_labels, minlength=length)
 
     def map(self, values: Tensor | None = None) -> Tensor:
         """The output map (H, W) of the labels, or of ``values[label]``."""
@@ -453,7 +444,7 @@ def _resize_labels(
             if unsure.numel():
                 rest = _interpolate_at(remainder.at, width, taps_y, taps_x, ys[unsure], xs[unsure])
                 best[unsure] = (interpolated[unsure] + rest).argmax(1)
-    return _ResizedLabels(labels, agree, ys, xs, best, taps_y, taps_x)
+    return _ResizedLabels(labels, ys, xs, best, taps_y, taps_x)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -889,6 +880,7 @@ class _WeightedMasks:
 
     def __init__(self, mask_logits: Tensor, scores: Tensor, plan: _Plan):
         self.plan = plan
+        self.mask_logits = mask_logits  # (N, h, w)
         self.scores = scores  # (N,)
         self.width = mask_logits.shape[-1]
         self.table = mask_logits.flatten(1).T.contiguous()  # (h*w, N)
@@ -916,6 +908,42 @@ class _WeightedMasks:
         above, below = _count_in_cells(surely, rows, columns).chunk(2)
         return above, self.plan.output[0] * self.plan.output[1] - below
 
+    def own_areas(self, queries: Tensor, threshold: float) -> Tensor:
+        """The exact own areas (n,) of ``queries``, as transformers counts them: evaluated densely, but only on the
+        box of output pixels that read a cell where one of these queries may reach ``threshold``."""
+        reach = (self.high[queries] * (1 + _BOUND_MARGIN) >= threshold).any(0)  # (h, w)
+        (first_rows, last_rows), (first_columns, last_columns) = self.plan.output_cells()
+        rows = _crop_taps(self.plan.frame_y, self.plan.output_y, first_rows, last_rows, reach.any(1))
+        columns = _crop_taps(self.plan.frame_x, self.plan.output_x, first_columns, last_columns, reach.any(0))
+        if rows is None or columns is None:  # no output pixel reads such a cell
+            return torch.zeros(len(queries), dtype=torch.long, device=queries.device)
+        (frame_y, output_y), (frame_x, output_x) = rows, columns
+        probs = _resize_separable(self.mask_logits[queries], frame_y, frame_x).sigmoid_()  # (n, frame box)
+        if output_y is not None:
+            probs = _resize_separable(probs, output_y, output_x)  # (n, output box)
+        return (probs.mul_(self.scores[queries, None, None]) >= threshold).flatten(1).sum(1)
+
+
+def _crop_taps(
+    frame_taps: _Taps, output_taps: _Taps | None, first: Tensor, last: Tensor, wanted: Tensor
+) -> tuple[_Taps, _Taps | None] | None:
+    """The frame and output taps (one axis) of the output pixels from the first to the last that reads a ``wanted``
+    (h,) mask-logit cell; output pixel i reads the cells ``first[i]`` to ``last[i]``. The output taps then index
+    into the cropped frame. None when no output pixel reads a wanted cell."""
+    wanted = wanted.nonzero().squeeze(1)
+    if wanted.numel() == 0:
+        return None
+    inside = ((last >= wanted[0]) & (first <= wanted[-1])).nonzero().squeeze(1)
+    if inside.numel() == 0:
+        return None
+    start, stop = int(inside[0]), int(inside[-1]) + 1
+    if output_taps is None:  # the frame is the output
+        return _Taps(*(t[start:stop] for t in frame_taps)), None
+    frame_start, frame_stop = int(output_taps.index0[start]), int(output_taps.index1[stop - 1]) + 1
+    output_taps = _Taps(*(t[start:stop] for t in output_taps))
+    output_taps = output_taps._replace(index0=output_taps.index0 - frame_start, index1=output_taps.index1 - frame_start)
+    return _Taps(*(t[frame_start:frame_stop] for t in frame_taps)), output_taps
+
 
 @functools.cache
 def _background() -> ThreadPoolExecutor:
@@ -930,7 +958,7 @@ def _panoptic_owner_and_area(
     mask_threshold: float,
     overlap_mask_area_threshold: float,
 ) -> tuple[Any, Tensor, Tensor] | None:
-    """The kept query owning each output pixel (an (H, W) tensor or :class:`_ResizedLabels`), and per query its
+    """The kept query owning each output pixel (H, W), and per query its
     won area and its own area (N,), the own area exact only where it decides the overlap test; None when the dense
     computation is cheaper."""
     masks = _WeightedMasks(mask_logits, scores, plan)
@@ -940,13 +968,12 @@ def _panoptic_owner_and_area(
     owner = masks.owner()
     if owner is None:
         return None
-    if plan.output_y is None:
-        area = torch.bincount(owner.flatten(), minlength=len(scores))  # (N,)
-    else:
-        owner = _resize_labels(owner, masks.at, plan.output_y, plan.output_x)
-        if owner is None:
+    if plan.output_y is not None:
+        resized = _resize_labels(owner, masks.at, plan.output_y, plan.output_x)
+        if resized is None:
             return None
-        area = owner.counts(len(scores))
+        owner = resized.map()
+    area = torch.bincount(owner.flatten(), minlength=len(scores))  # (N,)
 
     def passes(own_area: Tensor) -> Tensor:  # the overlap test, with transformers' float32 division
         ratio = (area.float() / own_area.float()).double()
@@ -959,11 +986,8 @@ def _panoptic_owner_and_area(
     lower, upper = bounds.result()
     own_area = lower.clone()  # enough where the test cannot tell own areas between the bounds apart
     exact = needed(lower, upper).nonzero().squeeze(1)
-    if exact.numel():  # count those exactly, as transformers does
-        probs = plan.frame_logits(mask_logits[exact]).sigmoid_()  # (n, frame)
-        if plan.output_y is not None:
-            probs = F.interpolate(probs[None], size=plan.output, mode="bilinear", align_corners=False)[0]
-        own_area[exact] = (probs * scores[exact, None, None] >= mask_threshold).flatten(1).sum(1)
+    if exact.numel():
+        own_area[exact] = masks.own_areas(exact, mask_threshold)
     return owner, area, own_area
 
 
@@ -1017,7 +1041,7 @@ def _panoptic_image(
                 fused_segment[label] = segment
         segment_of_query[index] = segment["id"]
     segment_ids = torch.tensor(segment_of_query, dtype=torch.long, device=device)
-    segmentation = owner.map(segment_ids) if isinstance(owner, _ResizedLabels) else _take(segment_ids, owner)
+    segmentation = _take(segment_ids, owner)
     return {"segmentation": segmentation, "segments_info": segments_info}
 
 
