@@ -283,30 +283,6 @@ def _cell_agree(labels: Tensor) -> Tensor:
     return agree
 
 
-def _cells_to_pixels(
-    cell_y: Tensor, cell_x: Tensor, taps_y: _Taps, taps_x: _Taps, limit: float = math.inf
-) -> tuple[Tensor, Tensor, Tensor] | None:
-    """The output pixels (ys, xs) whose taps start at the given cells (n,), and for each the index of its cell;
-    None when they are more than ``limit``.
-
-    ``index0`` never decreases, so cell row i holds the output rows [first[i], first[i] + count[i]).
-    """
-    if cell_y.numel() == 0:
-        return cell_y, cell_x, cell_y
-    rows = torch.bincount(taps_y.index0, minlength=int(cell_y.max()) + 1)  # output rows per cell row
-    columns = torch.bincount(taps_x.index0, minlength=int(cell_x.max()) + 1)
-    first_row, first_column = rows.cumsum(0) - rows, columns.cumsum(0) - columns
-    cell_rows, cell_columns = _take(rows, cell_y), _take(columns, cell_x)  # (n,)
-    counts = cell_rows * cell_columns
-    if int(counts.sum()) > limit:
-        return None
-    which = torch.repeat_interleave(counts)  # (m,) the cell of each output pixel
-    rank = torch.arange(which.numel(), device=which.device) - _take(counts.cumsum(0) - counts, which)
-    width = _take(cell_columns, which)
-    ys = _take(_take(first_row, cell_y), which) + rank // width
-    return ys, _take(_take(first_column, cell_x), which) + rank % width, which
-
-
 def _sure_argmax(low: Tensor, high: Tensor) -> tuple[Tensor, Tensor]:
     """For (C, n) scores known only to lie between ``low`` and ``high``: the argmax of ``low`` over the channels
     (n,), and whether it is the argmax whatever the scores (its lower bound beats every other channel's upper
@@ -356,12 +332,10 @@ def _frame_labels(best: Tensor, decided: Tensor, plan: _Plan, exact_argmax: Any)
     ``exact_argmax(flat)`` (n,) at the frame pixels of the other cells; None when those are too many."""
     height, width = plan.cells
     cells = torch.where(decided, best, -1).view(height, width)
-    labels = _take_grid(cells, plan.frame_y.index0, plan.frame_x.index0)  # (frame)
-    cell_y, cell_x = (~decided.view(height, width)).nonzero(as_tuple=True)
-    pixels = _cells_to_pixels(cell_y, cell_x, plan.frame_y, plan.frame_x, _SPARSE_LIMIT * labels.numel())
-    if pixels is None:
+    labels = _take_grid(cells, plan.frame_y.index0, plan.frame_x.index0)  # (frame), -1 in the undecided cells
+    ys, xs = (labels < 0).nonzero(as_tuple=True)
+    if ys.numel() > _SPARSE_LIMIT * labels.numel():
         return None
-    ys, xs, _ = pixels
     if ys.numel():
         labels[ys, xs] = exact_argmax(ys * plan.frame[1] + xs)
     return labels
@@ -426,13 +400,10 @@ def _resize_labels(
     interpolated only where the slack leaves the argmax open. Returns None when too many pixels need interpolating.
     """
     width = labels.shape[1]
-    agree = _cell_agree(labels)  # (h, w)
-    pixels = _cells_to_pixels(
-        *(~agree).nonzero(as_tuple=True), taps_y, taps_x, _SPARSE_LIMIT * len(taps_y.index0) * len(taps_x.index0)
-    )
-    if pixels is None:
+    open_pixels = _take_grid(~_cell_agree(labels), taps_y.index0, taps_x.index0)  # (H, W) bool
+    ys, xs = open_pixels.nonzero(as_tuple=True)
+    if ys.numel() > _SPARSE_LIMIT * open_pixels.numel():
         return None
-    ys, xs, _ = pixels
     best = ys
     if ys.numel():
         interpolated = _interpolate_at(values_at, width, taps_y, taps_x, ys, xs)  # (n, C)
