@@ -328,16 +328,17 @@ def _count_in_cells(inside: Tensor, rows: tuple[Tensor, Tensor], columns: tuple[
 
 
 def _frame_labels(best: Tensor, decided: Tensor, plan: _Plan, exact_argmax: Any) -> Tensor | None:
-    """Labels on the frame from per-cell labels ``best`` (h*w,) where ``decided`` (h*w,), and
+    """Labels (frame) int32 from per-cell labels ``best`` (h*w,) where ``decided`` (h*w,), and
     ``exact_argmax(flat)`` (n,) at the frame pixels of the other cells; None when those are too many."""
     height, width = plan.cells
-    cells = torch.where(decided, best, -1).view(height, width)
+    # int32 label maps: the gathers and comparisons over the frame and the output move half the bytes of int64.
+    cells = torch.where(decided, best.to(torch.int32), -1).view(height, width)
     labels = _take_grid(cells, plan.frame_y.index0, plan.frame_x.index0)  # (frame), -1 in the undecided cells
     ys, xs = (labels < 0).nonzero(as_tuple=True)
     if ys.numel() > _SPARSE_LIMIT * labels.numel():
         return None
     if ys.numel():
-        labels[ys, xs] = exact_argmax(ys * plan.frame[1] + xs)
+        labels[ys, xs] = exact_argmax(ys * plan.frame[1] + xs).to(labels.dtype)
     return labels
 
 
@@ -357,7 +358,7 @@ class _Remembered:
             self.rows[flat] = torch.arange(flat.numel(), dtype=torch.int32, device=flat.device)
             return self.values
         rows = _take(self.rows, flat)
-        values = self.values.index_select(0, rows.clamp(min=0).long())
+        values = self.values.index_select(0, rows.clamp(min=0))
         missing = (rows < 0).nonzero().squeeze(1)
         if missing.numel():
             values[missing] = self.compute(flat.index_select(0, missing))
@@ -376,10 +377,11 @@ class _ResizedLabels(NamedTuple):
     taps_x: _Taps
 
     def map(self, values: Tensor | None = None) -> Tensor:
-        """The output map (H, W) of the labels, or of ``values[label]``."""
+        """The output map (H, W) of the labels (their dtype), or of ``values[label]``."""
         grid = self.labels if values is None else _take(values, self.labels)
         resized = _take_grid(grid, self.taps_y.index0, self.taps_x.index0)
-        resized[self.open_y, self.open_x] = self.open_labels if values is None else _take(values, self.open_labels)
+        open_values = self.open_labels if values is None else _take(values, self.open_labels)
+        resized[self.open_y, self.open_x] = open_values.to(resized.dtype)
         return resized
 
 
