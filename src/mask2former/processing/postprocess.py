@@ -764,17 +764,18 @@ def _instance_image(
     # entries of one query share its mask, so a query paints with the rank of its last kept entry.
     rank = torch.zeros(len(queries), device=device)
     rank.scatter_reduce_(0, kept_query, torch.arange(1, kept.numel() + 1, device=device, dtype=rank.dtype), "amax")
-    painted = binary.mul_(rank.view(-1, 1, 1)).amax(0).long() - 1  # (frame)
+    painted = binary.mul_(rank.view(-1, 1, 1)).amax(0).to(torch.int32) - 1  # (frame); int32 until the end: fewer bytes
     segmentation = plan.output_nearest(painted)  # (H, W), -1 where no instance
     # Keep an instance if enough of its own (output-size) mask is still visible.
     visible = torch.bincount(segmentation.flatten() + 1, minlength=kept.numel() + 1)[1:]
     survives = visible.double() >= overlap_mask_area_threshold * own.double()
     if not bool(survives.all()):
         new_ids = torch.where(survives, survives.long().cumsum(0) - 1, -1)
-        segmentation = torch.cat([new_ids.new_full((1,), -1), new_ids])[segmentation + 1]
+        segmentation = _take(torch.cat([new_ids.new_full((1,), -1), new_ids]), segmentation + 1)
         labels, scores = labels[survives], scores[survives]
         instance_masks = None if instance_masks is None else instance_masks[survives]
 
+    segmentation = segmentation.long()
     segments_info = [
         {"id": index, "label_id": label, "was_fused": False, "score": round(score, 6)}
         for index, (label, score) in enumerate(zip(labels.tolist(), scores.tolist()))
