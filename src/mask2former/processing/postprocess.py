@@ -932,9 +932,8 @@ def _panoptic_owner_and_area(
     mask_threshold: float,
     overlap_mask_area_threshold: float,
 ) -> tuple[Any, Tensor, Tensor] | None:
-    """The kept query owning each output pixel (H, W), and per query its
-    won area and its own area (N,), the own area exact only where it decides the overlap test; None when the dense
-    computation is cheaper."""
+    """The kept query owning each output pixel (H, W), and per query its won area and its own area (N,), the own
+    area exact only where it decides the overlap test; None when the dense computation is cheaper."""
     masks = _WeightedMasks(mask_logits, scores, plan)
     # The own-area bounds do not depend on the owners: counted on the second core meanwhile (small ops each run on
     # one thread, so this is where the time of a two-core machine goes).
