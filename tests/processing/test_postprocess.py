@@ -214,6 +214,23 @@ def test_panoptic_matches_transformers(processor, path, kind, threshold, target)
         assert any(s["was_fused"] for r in ours for s in r["segments_info"])
 
 
+@pytest.mark.parametrize("target", ["none", "480x640"])
+def test_steep_masks_match_transformers(processor, path, target):
+    """Mask logits down to about -400: sigmoids far in float32's subnormal range, which our bounds keep out of."""
+    outputs = smooth_outputs(seed=5)
+    outputs["masks_queries_logits"] = outputs["masks_queries_logits"] * 5
+    assert float(outputs["masks_queries_logits"].min()) < -200
+    ours = post_process_semantic_segmentation(outputs, target_sizes=TARGETS[target])
+    theirs = processor.post_process_semantic_segmentation(as_object(outputs), target_sizes=TARGETS[target])
+    for mine, reference in zip(ours, theirs):
+        assert torch.equal(mine, reference)
+    ours = post_process_panoptic_segmentation(outputs, target_sizes=TARGETS[target])
+    theirs = processor.post_process_panoptic_segmentation(as_object(outputs), target_sizes=TARGETS[target])
+    for mine, reference in zip(ours, theirs):
+        assert torch.equal(mine["segmentation"], reference["segmentation"].long())
+    assert_same_segments([r["segments_info"] for r in ours], [r["segments_info"] for r in theirs])
+
+
 def test_semantic_class_that_wins_only_between_frame_pixels(processor):
     """A class can lose at every 384x384 pixel and still win output pixels between two of them: query 0 (class 0)
     and query 1 (class 1) switch sharply within one frame pixel, query 2 (class 2) is 0.85 everywhere; at an output

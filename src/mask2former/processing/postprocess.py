@@ -103,6 +103,12 @@ _BOUND_MARGIN = 1e-4
 # Semantic: queries whose class probabilities are all below this ("no object" ones) are bounded, not evaluated,
 # wherever the bound decides the argmax.
 _RELEVANT_PROBABILITY = 0.01
+# Bounds keep clear of float32's subnormal range (below ~1.2e-38), where CPU arithmetic is many times slower (mask
+# logits of -100 are common far from an object): lower bounds are lowered by this (probabilities below it become 0),
+# upper bounds are at least this, so products stay normal and the bounds stay bounds, looser by far less than the
+# margins above.
+_TINY = 1e-18
+_TINY_LOGIT = math.log(_TINY)  # sigmoid(logit) < _TINY below it
 
 Size = tuple[int, int]
 
@@ -270,6 +276,26 @@ def _cell_reduce(grid: Tensor, pair: Any) -> Tensor:
     """``pair`` (minimum, maximum, logical and/or) over the four corners of every cell of (..., h, w): the grid
     pixels (i or i + 1, j or j + 1) that a bilinear tap starting at (i, j) reads -> (..., h, w)."""
     return _extend(_extend(grid, -2, pair), -1, pair)
+
+
+def _lower(probabilities: Tensor) -> Tensor:
+    """Lower bounds (in place): those below ``_TINY`` become 0."""
+    return probabilities.masked_fill_(probabilities < _TINY, 0)
+
+
+def _upper(probabilities: Tensor) -> Tensor:
+    """Upper bounds (in place): at least ``_TINY``."""
+    return probabilities.clamp_(min=_TINY)
+
+
+def _sigmoid_lower(logits: Tensor) -> Tensor:
+    """sigmoid (in place) as a lower bound: less ``_TINY``, so that subnormal values become normal negative ones."""
+    return logits.sigmoid_().sub_(_TINY)
+
+
+def _sigmoid_upper(logits: Tensor) -> Tensor:
+    """sigmoid (in place) as an upper bound: at least about ``_TINY``, and never subnormal on the way."""
+    return logits.clamp_(min=_TINY_LOGIT).sigmoid_()
 
 
 def _cell_agree(labels: Tensor) -> Tensor:
@@ -569,9 +595,9 @@ class _SemanticScores:
         self.width = mask_logits.shape[-1]
         relevant_logits, other_logits = mask_logits[relevant], mask_logits[~relevant]  # (R, h, w), (Q - R, h, w)
         relevant_probs, other_probs = class_probs[relevant], class_probs[~relevant]  # (R, K), (Q - R, K)
-        low = _cell_reduce(relevant_logits, torch.minimum).sigmoid_().flatten(1)  # (R, h*w)
-        high = _cell_reduce(relevant_logits, torch.maximum).sigmoid_().flatten(1)
-        other_high = _cell_reduce(other_logits, torch.maximum).sigmoid_().flatten(1)  # (Q - R, h*w)
+        low = _sigmoid_lower(_cell_reduce(relevant_logits, torch.minimum)).flatten(1)  # (R, h*w)
+        high = _sigmoid_upper(_cell_reduce(relevant_logits, torch.maximum)).flatten(1)
+        other_high = _sigmoid_upper(_cell_reduce(other_logits, torch.maximum)).flatten(1)  # (Q - R, h*w)
         # Candidate classes, from looser bounds that need no (K, R) x (R, h*w) product: each relevant query counted
         # for its top class only (lower), plus its second-best probability for every class (upper). An output pixel
         # reads frame pixels from the block of cells (i..i + span, j..j + span) (span: the largest step of the frame
@@ -579,11 +605,12 @@ class _SemanticScores:
         # lower bound over the block, so a class can win the pixel only if its largest upper bound over the block
         # reaches max_b (min over the block of b's lower bound).
         top_probs, top_classes = relevant_probs.topk(min(2, relevant_probs.shape[1]), dim=1)  # (R, 2)
-        second = top_probs[:, -1] if top_probs.shape[1] > 1 else torch.zeros_like(top_probs[:, 0])
+        second = _upper(top_probs[:, -1].clone()) if top_probs.shape[1] > 1 else torch.zeros_like(top_probs[:, 0])
         tops, top_of_query = top_classes[:, 0].unique(return_inverse=True)  # (T,): the classes some query prefers
         rough_lower = low.new_zeros(len(tops), low.shape[1]).index_add_(0, top_of_query, top_probs[:, :1] * low)
         rough_upper = low.new_zeros(len(tops), low.shape[1]).index_add_(0, top_of_query, top_probs[:, :1] * high)
-        shared = second @ high + other_probs.amax(1) @ other_high  # (h*w,): upper bound of any other class
+        other_top = _upper(other_probs.amax(1))  # (Q - R,)
+        shared = second @ high + other_top @ other_high  # (h*w,): upper bound of any other class
         block_upper, block_shared = self._blocks(rough_upper, torch.maximum), self._blocks(shared[None], torch.maximum)
         reach = self._blocks(rough_lower, torch.minimum).amax(0) if len(tops) else torch.zeros_like(shared)
         candidate = torch.zeros(class_probs.shape[1], dtype=torch.bool, device=low.device)
@@ -592,8 +619,9 @@ class _SemanticScores:
         self.classes = candidate.nonzero().squeeze(1)  # (K*,)
         self.relevant_probs, self.other_probs = relevant_probs[:, self.classes], other_probs[:, self.classes]
         # Score bounds of the candidate classes on each cell's frame pixels, and the other queries' slack.
-        self.lower, self.upper = self.relevant_probs.T @ low, self.relevant_probs.T @ high  # (K*, h*w)
-        self.cell_slack = self.other_probs.amax(1) @ other_high  # (h*w,)
+        self.lower = _lower(self.relevant_probs.T.clone()) @ low  # (K*, h*w)
+        self.upper = _upper(self.relevant_probs.T.clone()) @ high
+        self.cell_slack = _upper(self.other_probs.amax(1)) @ other_high  # (h*w,)
         self.block_slack = self._blocks(self.cell_slack[None], torch.maximum)[0]  # (h*w,)
         self.relevant_table = relevant_logits.flatten(1).T.contiguous()  # (h*w, R): a row per logit pixel
         self.other_table = other_logits.flatten(1).T.contiguous()  # (h*w, Q - R)
@@ -859,8 +887,8 @@ class _WeightedMasks:
         self.width = mask_logits.shape[-1]
         self.table = mask_logits.flatten(1).T.contiguous()  # (h*w, N)
         weights = scores[:, None, None]
-        self.low = _cell_reduce(mask_logits, torch.minimum).sigmoid_().mul_(weights)  # (N, h, w)
-        self.high = _cell_reduce(mask_logits, torch.maximum).sigmoid_().mul_(weights)
+        self.low = _sigmoid_lower(_cell_reduce(mask_logits, torch.minimum)).mul_(weights)  # (N, h, w)
+        self.high = _sigmoid_upper(_cell_reduce(mask_logits, torch.maximum)).mul_(weights)
         self.at = _Remembered(self._at, plan.frame[0] * plan.frame[1])
 
     def _at(self, flat: Tensor) -> Tensor:
