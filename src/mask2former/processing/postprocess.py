@@ -466,12 +466,13 @@ class _Plan:
     nearest_x: Tensor | None
     cells: Size  # (h, w) of the mask logits: their cells
 
-    @property
+    @functools.cached_property
     def span(self) -> int:
         """The most cells that two neighbouring frame pixels can be apart (1 when the frame is not smaller)."""
         steps = [taps.index0.diff() for taps in (self.frame_y, self.frame_x)]
         return max([1] + [int(step.max()) for step in steps if step.numel()])
 
+    @functools.cached_property
     def output_cells(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
         """For each output row, the first and last mask-logit cell row it reads through the frame; same for columns."""
         ranges = []
@@ -489,6 +490,7 @@ class _Plan:
         resized = F.interpolate(mask_logits[None], size=self.dense_size, mode="bilinear", align_corners=False)[0]
         return resized[:, : self.frame[0], : self.frame[1]]
 
+    @functools.cached_property
     def nearest_counts(self) -> tuple[Tensor, Tensor]:
         """How many output rows (columns) each frame row (column) becomes under nearest resizing."""
         if self.nearest_y is None:
@@ -516,7 +518,6 @@ def _plans(
     padded_size: Any,
 ) -> list[_Plan]:
     batch_size, _, height, width = mask_logits.shape
-    device = mask_logits.device
     targets = _as_sizes(target_sizes, "target_sizes", batch_size)
     inputs = _as_sizes(input_sizes, "input_sizes", batch_size)
     frame_size = None if mask_size is None else _as_size(mask_size, "mask_size")
@@ -525,50 +526,62 @@ def _plans(
         for index, size in enumerate(inputs):
             if size[0] > padded[0] or size[1] > padded[1]:
                 raise ValueError(f"input_sizes[{index}] = {size} is larger than padded_size {padded}")
-    plans = []
-    for index in range(batch_size):
-        target = None if targets is None else targets[index]
-        image = None if inputs is None else inputs[index]
-        if frame_size is not None:  # transformers' path: a fixed frame standing for the padded input
-            frame = frame_size
-            if image is not None:
-                frame = (
-                    max(1, min(frame_size[0], round(image[0] * frame_size[0] / padded[0]))),
-                    max(1, min(frame_size[1], round(image[1] * frame_size[1] / padded[1]))),
-                )
-            output = target or image or frame
-            frame_y = _linear_taps(height, frame_size[0], device)
-            frame_x = _linear_taps(width, frame_size[1], device)
-            frame_y = _Taps(*(t[: frame[0]] for t in frame_y))
-            frame_x = _Taps(*(t[: frame[1]] for t in frame_x))
-            dense_size = frame_size
-        else:  # the original's path: the mask logits go straight to the output size
-            output = target or image or (height, width)
-            frame = output
-            if image is None:
-                frame_y = _linear_taps(height, output[0], device)
-                frame_x = _linear_taps(width, output[1], device)
-                dense_size = output
-            else:
-                frame_y = _linear_taps(height, output[0], device, extent=image[0] * height / padded[0])
-                frame_x = _linear_taps(width, output[1], device, extent=image[1] * width / padded[1])
-                dense_size = None
-        resize = output != frame
-        plans.append(
-            _Plan(
-                frame_y=frame_y,
-                frame_x=frame_x,
-                dense_size=dense_size,
-                frame=frame,
-                output=output,
-                output_y=_linear_taps(frame[0], output[0], device) if resize else None,
-                output_x=_linear_taps(frame[1], output[1], device) if resize else None,
-                nearest_y=_nearest_index(frame[0], output[0], device) if resize else None,
-                nearest_x=_nearest_index(frame[1], output[1], device) if resize else None,
-                cells=(height, width),
-            )
+    return [
+        _plan(
+            (height, width),
+            None if targets is None else targets[index],
+            None if inputs is None else inputs[index],
+            frame_size,
+            padded,
+            mask_logits.device,
         )
-    return plans
+        for index in range(batch_size)
+    ]
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(
+    cells: Size, target: Size | None, image: Size | None, frame_size: Size | None, padded: Size, device: torch.device
+) -> _Plan:
+    """The plan of one image (remembered: the same sizes come back image after image, and a plan is immutable)."""
+    height, width = cells
+    if frame_size is not None:  # transformers' path: a fixed frame standing for the padded input
+        frame = frame_size
+        if image is not None:
+            frame = (
+                max(1, min(frame_size[0], round(image[0] * frame_size[0] / padded[0]))),
+                max(1, min(frame_size[1], round(image[1] * frame_size[1] / padded[1]))),
+            )
+        output = target or image or frame
+        frame_y = _linear_taps(height, frame_size[0], device)
+        frame_x = _linear_taps(width, frame_size[1], device)
+        frame_y = _Taps(*(t[: frame[0]] for t in frame_y))
+        frame_x = _Taps(*(t[: frame[1]] for t in frame_x))
+        dense_size = frame_size
+    else:  # the original's path: the mask logits go straight to the output size
+        output = target or image or (height, width)
+        frame = output
+        if image is None:
+            frame_y = _linear_taps(height, output[0], device)
+            frame_x = _linear_taps(width, output[1], device)
+            dense_size = output
+        else:
+            frame_y = _linear_taps(height, output[0], device, extent=image[0] * height / padded[0])
+            frame_x = _linear_taps(width, output[1], device, extent=image[1] * width / padded[1])
+            dense_size = None
+    resize = output != frame
+    return _Plan(
+        frame_y=frame_y,
+        frame_x=frame_x,
+        dense_size=dense_size,
+        frame=frame,
+        output=output,
+        output_y=_linear_taps(frame[0], output[0], device) if resize else None,
+        output_x=_linear_taps(frame[1], output[1], device) if resize else None,
+        nearest_y=_nearest_index(frame[0], output[0], device) if resize else None,
+        nearest_x=_nearest_index(frame[1], output[1], device) if resize else None,
+        cells=cells,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -777,7 +790,7 @@ def _instance_image(
     binary = torch.gt(logits, _logit(mask_threshold), out=torch.empty_like(logits))  # 0/1 floats, as transformers
     # Per query: its mask area, and its own area at the output size (frame pixel (i, j) becomes rows[i] x
     # columns[j] output pixels when nearest-resized): one pass over the masks, exact in float32 (at most W per row).
-    rows, columns = plan.nearest_counts()
+    rows, columns = plan.nearest_counts
     per_row = binary.view(-1, binary.shape[-1]) @ torch.stack([torch.ones_like(columns), columns], 1).float()
     per_row = per_row.view(len(queries), -1, 2)  # (U, h, 2)
     mask_area, own = per_row[..., 0].sum(1), (per_row[..., 1].long() * rows).sum(1)[inverse]  # (U,), (N,)
@@ -905,7 +918,7 @@ class _WeightedMasks:
     def own_area_bounds(self, threshold: float) -> tuple[Tensor, Tensor]:
         """Per query, bounds (N,) on how many output pixels reach ``threshold``: those reading only cells surely
         above it, and all but those reading only cells surely below it."""
-        rows, columns = self.plan.output_cells()
+        rows, columns = self.plan.output_cells
         surely = torch.cat([self.low >= threshold, self.high < threshold])  # (2N, h, w): above, then below
         above, below = _count_in_cells(surely, rows, columns).chunk(2)
         return above, self.plan.output[0] * self.plan.output[1] - below
@@ -914,7 +927,7 @@ class _WeightedMasks:
         """The exact own areas (n,) of ``queries``, as transformers counts them: evaluated densely, but only on the
         box of output pixels that read a cell where one of these queries may reach ``threshold``."""
         reach = (self.high[queries] * (1 + _BOUND_MARGIN) >= threshold).any(0)  # (h, w)
-        (first_rows, last_rows), (first_columns, last_columns) = self.plan.output_cells()
+        (first_rows, last_rows), (first_columns, last_columns) = self.plan.output_cells
         rows = _crop_taps(self.plan.frame_y, self.plan.output_y, first_rows, last_rows, reach.any(1))
         columns = _crop_taps(self.plan.frame_x, self.plan.output_x, first_columns, last_columns, reach.any(0))
         if rows is None or columns is None:  # no output pixel reads such a cell
