@@ -44,6 +44,14 @@ def path(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["sparse", "sparse, band", "dense"])
+def panoptic_path(request, monkeypatch):
+    """``path``, and for the shortcuts both ways of counting exact own areas: on a box or on a band."""
+    monkeypatch.setattr(postprocess, "_SPARSE_LIMIT", -1.0 if request.param == "dense" else 1.0)
+    monkeypatch.setattr(postprocess, "_BOX_PIXELS", -(10**9) if request.param == "sparse, band" else 10**9)
+    return request.param
+
+
 def smooth_outputs(seed: int, batch: int = 2, size: tuple[int, int] = (24, 32)) -> dict[str, torch.Tensor]:
     """Model-like outputs: 6 region queries, 3 duplicates, 3 "no object" blobs; classes 0..5, 6 = no object."""
     generator = torch.Generator().manual_seed(seed)
@@ -192,7 +200,7 @@ def test_coco_rle_decodes_to_the_same_masks_as_transformers_rle(processor):
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("threshold", [0.3, 0.5, 0.8])
 @pytest.mark.parametrize("kind", OUTPUTS)
-def test_panoptic_matches_transformers(processor, path, kind, threshold, target):
+def test_panoptic_matches_transformers(processor, panoptic_path, kind, threshold, target):
     outputs = OUTPUTS[kind](seed=4)
     # Fuse the labels predicted by exactly one kept query: fusion then cannot trigger transformers' id bug.
     probabilities, labels = outputs["class_queries_logits"].softmax(-1).max(-1)
@@ -215,7 +223,7 @@ def test_panoptic_matches_transformers(processor, path, kind, threshold, target)
 
 
 @pytest.mark.parametrize("target", ["none", "480x640"])
-def test_steep_masks_match_transformers(processor, path, target):
+def test_steep_masks_match_transformers(processor, panoptic_path, target):
     """Mask logits down to about -400: sigmoids far in float32's subnormal range, which our bounds keep out of."""
     outputs = smooth_outputs(seed=5)
     outputs["masks_queries_logits"] = outputs["masks_queries_logits"] * 5
@@ -456,10 +464,13 @@ def test_shortcuts_match_dense_computation(monkeypatch, geometry):
         assert sparse["segments_info"] == dense["segments_info"]
 
 
+@pytest.mark.parametrize("way", ["box", "band"])
 @pytest.mark.parametrize("geometry", GEOMETRIES)
-def test_own_areas_bounded_and_counted_on_a_box(geometry):
+def test_own_areas_bounded_and_counted_on_a_box_or_band(monkeypatch, geometry, way):
     """Panoptic own areas are bounded from cells, and counted exactly only on the box of output pixels that may reach
-    the threshold: the bounds must hold the count of transformers' dense way, and the box count must equal it."""
+    the threshold or pixel by pixel on the band between the bounds: the bounds must hold the count of transformers'
+    dense way, and the exact count must equal it."""
+    monkeypatch.setattr(postprocess, "_BOX_PIXELS", 10**9 if way == "box" else -(10**9))
     outputs = smooth_outputs(seed=10)
     options = GEOMETRIES[geometry]
     plans = postprocess._plans(
