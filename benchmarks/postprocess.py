@@ -19,6 +19,7 @@ Two kinds of outputs:
 
     python benchmarks/postprocess.py                                   # both allocators, both kinds of outputs
     python benchmarks/postprocess.py --allocator current --inputs model-like --runs 25
+    python benchmarks/postprocess.py --inputs model-like --regions 45                  # an image with more segments
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def time_once(function) -> float:
     return time.perf_counter() - start
 
 
-def measure(kinds: list[str], runs: int, threads: int, label: str) -> None:
+def measure(kinds: list[str], runs: int, threads: int, label: str, regions: int = 15) -> None:
     import transformers
     from transformers.utils import logging as transformers_logging
 
@@ -101,7 +102,8 @@ def measure(kinds: list[str], runs: int, threads: int, label: str) -> None:
     }
     print(
         f"\nallocator: {label}; torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"{threads} threads, median of {runs} runs after warm-up; 100 queries, 96x96 masks -> 480x640",
+        f"{threads} threads, median of {runs} runs after warm-up; 100 queries, 96x96 masks -> 480x640, "
+        f"{regions} regions in model-like outputs",
         flush=True,
     )
     for kind in kinds:
@@ -110,8 +112,10 @@ def measure(kinds: list[str], runs: int, threads: int, label: str) -> None:
               f"{'ours, mask_size=None (ms)':>25}")
         print("-" * 82)
         for task, (num_classes, name, extra) in tasks.items():
-            make = model_like_outputs if kind == "model-like" else noise_outputs
-            outputs = Outputs(*make(num_classes))
+            if kind == "model-like":
+                outputs = Outputs(*model_like_outputs(num_classes, regions=regions))
+            else:
+                outputs = Outputs(*noise_outputs(num_classes))
             theirs = functools.partial(getattr(processor, name), outputs, target_sizes=target, **extra)
             ours = functools.partial(getattr(postprocess, name), outputs, target_sizes=target, **extra)
             full = functools.partial(getattr(postprocess, name), outputs, target_sizes=target, mask_size=None, **extra)
@@ -132,12 +136,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15, help="timed runs per implementation and task")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--inputs", choices=["model-like", "noise", "both"], default="both")
+    parser.add_argument(
+        "--regions", type=int, default=15, help="objects (segments) in the model-like outputs, at least 10"
+    )
     add_allocator_argument(parser)
     args = parser.parse_args()
+    if not 10 <= args.regions <= 90:
+        parser.error(f"--regions must be between 10 and 90 (100 queries, 10 of them duplicates), got {args.regions}")
     kinds = ["model-like", "noise"] if args.inputs == "both" else [args.inputs]
     if args.allocator == "current":
         label = allocator_label()
-        measure(kinds, args.runs, args.threads, label)
+        measure(kinds, args.runs, args.threads, label, args.regions)
         return
     rerun_under_both_allocators()
 
