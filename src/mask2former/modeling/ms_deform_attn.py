@@ -154,7 +154,8 @@ def _scatter_taps(
     sizes = _level_vector(spatial_shapes, num_points, lambda h, w: (w, h), device, low.dtype)
     strides = _level_vector(spatial_shapes, num_points, lambda h, w: (1, w + 1), device, low.dtype)
     # Row of the top-left tap within its padded level, then plus the first row of the (image, head, level).
-    in_level = ((low.clamp(min=-1).minimum(sizes - 1) + 1) * strides).view(num_bags, num_samples, 2).sum(-1)
+    offsets = ((low.clamp(min=-1).minimum(sizes - 1) + 1) * strides).view(num_bags, num_samples, 2)
+    in_level = offsets[..., 0] + offsets[..., 1]  # x + y * (W + 1); a sum over a last dim of 2 is much slower
     top_left = _table_rows(in_level.long(), padded_sizes, batch_size, num_heads)
     accumulate_dtype = torch.promote_types(grad.dtype, torch.float32)
     padded = torch.zeros(batch_size * num_heads * sum(padded_sizes), 4 * head_dim, device=device, dtype=accumulate_dtype)
