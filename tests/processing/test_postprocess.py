@@ -497,6 +497,29 @@ def test_own_areas_bounded_and_counted_on_a_box_or_band(monkeypatch, geometry, w
                 assert torch.equal(masks.own_areas(torch.tensor([query]), threshold), exact[query : query + 1])
 
 
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_cell_blocks_list_every_output_row_once(geometry):
+    """The rows (columns) reading exactly the cells i to i + d are ``counts[d, i]`` consecutive ones from
+    ``starts[d, i]``: the band and the own-area bounds rely on it."""
+    options = GEOMETRIES[geometry]
+    outputs = smooth_outputs(seed=12)
+    for plan in postprocess._plans(
+        outputs["masks_queries_logits"],
+        options.get("target_sizes"),
+        options.get("mask_size", (384, 384)),
+        options.get("input_sizes"),
+        None,
+    ):
+        for (first, last), (counts, starts) in zip(plan.output_cells, plan.cell_blocks):
+            covered = torch.full_like(first, -1)
+            for span, cell in (counts > 0).nonzero().tolist():
+                rows = torch.arange(int(starts[span, cell]), int(starts[span, cell] + counts[span, cell]))
+                assert bool((covered[rows] == -1).all())
+                covered[rows] = 1
+                assert bool((first[rows] == cell).all()) and bool((last[rows] == cell + span).all())
+            assert bool((covered == 1).all())
+
+
 def test_single_class():
     outputs = smooth_outputs(seed=11)
     outputs["class_queries_logits"] = outputs["class_queries_logits"][..., -2:]  # one class and "no object"

@@ -942,8 +942,12 @@ class _WeightedMasks:
     def own_area_bounds(self, threshold: float) -> tuple[Tensor, Tensor]:
         """Per query, bounds (N,) on how many output pixels reach ``threshold``: those reading only cells surely
         above it, and all but those reading only cells surely below it."""
-        above, below = _count_in_cells(torch.cat(self._surely(threshold)), self.plan).chunk(2)
-        return above, self.plan.output[0] * self.plan.output[1] - below
+        return self._bounds(*self._surely(threshold))
+
+    def _bounds(self, above: Tensor, below: Tensor) -> tuple[Tensor, Tensor]:
+        """The own-area bounds (n,) from the cells surely ``above`` and surely ``below`` the threshold (n, h, w)."""
+        inside, outside = _count_in_cells(torch.cat([above, below]), self.plan).chunk(2)
+        return inside, self.plan.output[0] * self.plan.output[1] - outside
 
     def own_areas(self, queries: Tensor, threshold: float, bounds: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """The exact own areas (n,) of ``queries``, as transformers counts them (``bounds``: theirs from
@@ -952,7 +956,7 @@ class _WeightedMasks:
         between the output pixels reading only cells surely above it (counted by the lower bound) and those reading
         only cells surely below."""
         above, below = self._surely(threshold, queries)
-        lower, upper = _count_in_cells(torch.cat([above, below]), self.plan).chunk(2) if bounds is None else bounds
+        lower, upper = self._bounds(above, below) if bounds is None else bounds
         box = self._box(queries, threshold)
         if box is None:  # no output pixel reads a cell where one of them may reach the threshold
             return torch.zeros(len(queries), dtype=torch.long, device=queries.device)
@@ -1004,7 +1008,7 @@ class _WeightedMasks:
         height, width = self.plan.cells
         rows = _take_columns(rows, ys) * width + queries * (height * width)  # (2, n) flat row starts
         columns, column_weights = _take_columns(columns, xs), _take_columns(column_weights, xs)
-        corners = _take(self.mask_logits.view(-1), rows[:, None] + columns[None])  # (2, 2, n): row, column, pixel
+        corners = _take(self.mask_logits.reshape(-1), rows[:, None] + columns[None])  # (2, 2, n): row, column, pixel
         logits = ((corners * column_weights).sum(1) * _take_columns(row_weights, ys)).sum(0)
         return logits.sigmoid_().view(shape)
 
