@@ -30,8 +30,9 @@ without resizing every query to 384x384 and every class or query map to the targ
   upper bound, it wins the whole cell. (2) When the four frame pixels around an output pixel share a label, that
   label wins the output pixel. Only the rest (near boundaries) is evaluated exactly, pixel by pixel, with the same
   formulas. Semantic "no object" queries are only bounded (their total contribution per cell) unless that bound
-  could change the answer; panoptic own areas are bounded by counting cells, and counted exactly (densely, as
-  ``transformers`` does) only for the segments whose overlap test the bounds leave open.
+  could change the answer; panoptic own areas are bounded by counting cells, and counted exactly only for the
+  segments whose overlap test the bounds leave open (densely on a box, or pixel by pixel on the band between the
+  bounds, whichever evaluates fewer pixels).
 - When more than ``_SPARSE_LIMIT`` of the pixels would need exact evaluation (noise-like masks), the dense
   computation runs instead. Tests force each path and check both against ``transformers``.
 
