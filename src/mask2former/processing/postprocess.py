@@ -956,15 +956,16 @@ class _WeightedMasks:
         on the box of output pixels where one of the queries may reach ``threshold``, or pixel by pixel on the band
         between the output pixels reading only cells surely above it (counted by the lower bound) and those reading
         only cells surely below."""
-        above, below = self._surely(threshold, queries)
-        lower, upper = self._bounds(above, below) if bounds is None else bounds
         box = self._box(queries, threshold)
         if box is None:  # no output pixel reads a cell where one of them may reach the threshold
             return torch.zeros(len(queries), dtype=torch.long, device=queries.device)
+        surely = None if bounds is not None else self._surely(threshold, queries)  # the cell tests, when needed
+        lower, upper = self._bounds(*surely) if surely is not None else bounds
         (frame_y, output_y), (frame_x, output_x) = box
         box_pixels = len(queries) * len((output_y or frame_y).index0) * len((output_x or frame_x).index0)
         if box_pixels < _BOX_PIXELS + _BOX_PIXELS_PER_BAND_PIXEL * int((upper - lower).sum()):
             return self._own_areas_on_box(queries, threshold, box)
+        above, below = surely if surely is not None else self._surely(threshold, queries)
         band, ys, xs = _band_pixels(above, below, self.plan)
         values = self._output_values(queries[band], ys, xs)
         return lower + torch.bincount(band[values >= threshold], minlength=len(queries))
