@@ -240,15 +240,23 @@ def _take(values: Tensor, index: Tensor) -> Tensor:
     return values.index_select(0, index.reshape(-1)).view(index.shape)
 
 
+@functools.lru_cache(maxsize=256)
+def _corner_taps(taps: _Taps, stride: int, rows: bool) -> tuple[Tensor, Tensor]:
+    """Per output position (n, 4): the input index (times ``stride``) and the weight that each of the four corners
+    (y0 x0, y0 x1, y1 x0, y1 x1) takes along this axis: taps (0, 0, 1, 1) for ``rows``, else (0, 1, 0, 1).
+    Remembered: plans are, and these tables make a lookup two gathers."""
+    order = [0, 0, 1, 1] if rows else [0, 1, 0, 1]
+    index = (torch.stack([taps.index0, taps.index1], 1) * stride)[:, order]
+    return index.contiguous(), torch.stack([taps.weight0, taps.weight1], 1)[:, order].contiguous()
+
+
 def _bilinear_rows(width: int, taps_y: _Taps, taps_x: _Taps, ys: Tensor, xs: Tensor) -> tuple[Tensor, Tensor]:
     """The flat indices (n, 4) of the four grid pixels (grid ``width`` wide) that output pixels (ys, xs) read, and
     their bilinear weights (n, 4), in the order (y0, x0), (y0, x1), (y1, x0), (y1, x1)."""
-    y0, y1 = taps_y.index0.index_select(0, ys) * width, taps_y.index1.index_select(0, ys) * width
-    x0, x1 = taps_x.index0.index_select(0, xs), taps_x.index1.index_select(0, xs)
-    wy0, wy1 = taps_y.weight0.index_select(0, ys), taps_y.weight1.index_select(0, ys)
-    wx0, wx1 = taps_x.weight0.index_select(0, xs), taps_x.weight1.index_select(0, xs)
-    indices = torch.stack([y0 + x0, y0 + x1, y1 + x0, y1 + x1], dim=1)
-    return indices, torch.stack([wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1], dim=1)
+    row_index, row_weight = _corner_taps(taps_y, width, True)
+    column_index, column_weight = _corner_taps(taps_x, 1, False)
+    indices = row_index.index_select(0, ys) + column_index.index_select(0, xs)
+    return indices, row_weight.index_select(0, ys) * column_weight.index_select(0, xs)
 
 
 def _sample(table: Tensor, width: int, taps_y: _Taps, taps_x: _Taps, ys: Tensor, xs: Tensor) -> Tensor:
