@@ -370,11 +370,11 @@ def _frame_labels(best: Tensor, decided: Tensor, plan: _Plan, exact_argmax: Any)
     # int32 label maps: the gathers and comparisons over the frame and the output move half the bytes of int64.
     cells = torch.where(decided, best.to(torch.int32), -1).view(height, width)
     labels = _take_grid(cells, plan.frame_y.index0, plan.frame_x.index0)  # (frame), -1 in the undecided cells
-    ys, xs = (labels < 0).nonzero(as_tuple=True)
-    if ys.numel() > _SPARSE_LIMIT * labels.numel():
+    flat = (labels.view(-1) < 0).nonzero().squeeze(1)
+    if flat.numel() > _SPARSE_LIMIT * labels.numel():
         return None
-    if ys.numel():
-        labels[ys, xs] = exact_argmax(ys * plan.frame[1] + xs).to(labels.dtype)
+    if flat.numel():
+        labels.view(-1)[flat] = exact_argmax(flat).to(labels.dtype)
     return labels
 
 
