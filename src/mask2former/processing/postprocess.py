@@ -246,8 +246,8 @@ def _corner_taps(taps: _Taps, stride: int, rows: bool) -> tuple[Tensor, Tensor]:
     (y0 x0, y0 x1, y1 x0, y1 x1) takes along this axis: taps (0, 0, 1, 1) for ``rows``, else (0, 1, 0, 1).
     Remembered: plans are, and these tables make a lookup two gathers."""
     order = [0, 0, 1, 1] if rows else [0, 1, 0, 1]
-    index = (torch.stack([taps.index0, taps.index1], 1) * stride)[:, order]
-    return index.contiguous(), torch.stack([taps.weight0, taps.weight1], 1)[:, order].contiguous()
+    indices, weights = _tap_pairs(taps)  # (2, n) each
+    return (indices.T * stride)[:, order].contiguous(), weights.T[:, order].contiguous()
 
 
 def _bilinear_rows(width: int, taps_y: _Taps, taps_x: _Taps, ys: Tensor, xs: Tensor) -> tuple[Tensor, Tensor]:
