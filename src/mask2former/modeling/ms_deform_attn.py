@@ -19,6 +19,7 @@ head, L levels, P points per level.
 """
 
 import math
+import threading
 import warnings
 from typing import Any
 
@@ -124,6 +125,23 @@ def _table_rows(in_level: Tensor, level_sizes: list[int], batch_size: int, num_h
     return (in_level.reshape(batch_size, -1, num_heads * num_samples) + first_rows).view(num_bags, num_samples)
 
 
+# The scatter's zeroed accumulation buffer is kept between calls (one per thread, CPU only, up to this many bytes): a
+# fresh one of this size is mapped by the allocator at every call, and its page faults cost more than its zeroing.
+_SCRATCH_BYTES = 1 << 28
+_SCRATCH = threading.local()
+
+
+def _zeroed(shape: tuple[int, int], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``torch.zeros(shape)``, in the thread's kept buffer when it is on the CPU and not too large."""
+    numel = math.prod(shape)
+    if device.type != "cpu" or numel * dtype.itemsize > _SCRATCH_BYTES:
+        return torch.zeros(shape, device=device, dtype=dtype)
+    buffer = getattr(_SCRATCH, "buffer", None)
+    if buffer is None or buffer.numel() < numel or buffer.dtype != dtype:
+        buffer = _SCRATCH.buffer = torch.empty(numel, dtype=dtype)
+    return buffer[:numel].view(shape).zero_()
+
+
 def _scatter_taps(
     grad: Tensor,
     weights: Tensor,
@@ -158,7 +176,7 @@ def _scatter_taps(
     in_level = offsets[..., 0] + offsets[..., 1]  # x + y * (W + 1); a sum over a last dim of 2 is much slower
     top_left = _table_rows(in_level.long(), padded_sizes, batch_size, num_heads)
     accumulate_dtype = torch.promote_types(grad.dtype, torch.float32)
-    padded = torch.zeros(batch_size * num_heads * sum(padded_sizes), 4 * head_dim, device=device, dtype=accumulate_dtype)
+    padded = _zeroed((batch_size * num_heads * sum(padded_sizes), 4 * head_dim), device, accumulate_dtype)
     step = max(1, _CHUNK_ELEMENTS // (num_samples * 4 * head_dim))
     # One buffer for every chunk: a fresh 8 MB temporary per chunk costs more in page faults than the product.
     buffer = padded.new_empty(min(step, num_bags), num_samples, 4, head_dim)
@@ -212,10 +230,11 @@ class _DeformableSampling(torch.autograd.Function):
         low = pixel.floor()
         fraction = pixel - low
         last = sizes - 1
-        valid_low = (low >= 0) & (low <= last)  # the low neighbour is inside the map (else zero padding)
-        valid_high = (low >= -1) & (low <= last - 1)
-        weight_low = (1 - fraction) * valid_low  # (N, L*P*2) bilinear weights, 0 outside the map
-        weight_high = fraction * valid_high
+        # 1 where the low (high) neighbour is inside the map, else 0 (zero padding); float, as they only multiply.
+        valid_low = ((low >= 0) & (low <= last)).to(dtype)
+        valid_high = ((low >= -1) & (low <= last - 1)).to(dtype)
+        weight_low = (1 - fraction).mul_(valid_low)  # (N, L*P*2) bilinear weights, 0 outside the map
+        weight_high = fraction.mul(valid_high)
         # In-level offsets x and y * W of both neighbours, clamped into the map (their weight is 0 when clamped).
         strides = _level_vector(spatial_shapes, num_points, lambda h, w: (1, w), device, dtype)
         index_dtype = torch.int32 if batch_size * num_heads * num_values < 2**31 else torch.int64
@@ -225,16 +244,18 @@ class _DeformableSampling(torch.autograd.Function):
         x_low = _table_rows(offset_low[..., 0], level_sizes, batch_size, num_heads)  # (N, L*P) with the x offset
         x_high = _table_rows(offset_high[..., 0], level_sizes, batch_size, num_heads)
         y_low, y_high = offset_low[..., 1], offset_high[..., 1]
-        rows = torch.stack((x_low + y_low, x_high + y_low, x_low + y_high, x_high + y_high), -1)  # (N, L*P, 4)
+        rows = torch.empty(num_bags, num_samples, 4, device=device, dtype=index_dtype)  # (N, L*P, 4) taps
+        for corner, (x, y) in enumerate(((x_low, y_low), (x_high, y_low), (x_low, y_high), (x_high, y_high))):
+            torch.add(x, y, out=rows[..., corner])  # written in place: no stack of four temporaries
         attention = attention_weights.reshape(num_bags, num_samples)
         weight_low, weight_high = weight_low.view(num_bags, num_samples, 2), weight_high.view(num_bags, num_samples, 2)
         upper = attention * weight_low[..., 1]  # (N, L*P) attention times the y weights
         lower = attention * weight_high[..., 1]
-        weights = torch.stack(
-            (upper * weight_low[..., 0], upper * weight_high[..., 0], lower * weight_low[..., 0],
-             lower * weight_high[..., 0]),
-            -1,
-        ).to(table.dtype)  # (N, L*P, 4) tap weights in the order of rows
+        weights = torch.empty(num_bags, num_samples, 4, device=device, dtype=dtype)  # tap weights in the order of rows
+        for corner, (y, x) in enumerate(((upper, weight_low), (upper, weight_high), (lower, weight_low),
+                                         (lower, weight_high))):
+            torch.mul(y, x[..., 0], out=weights[..., corner])
+        weights = weights.to(table.dtype)
         ctx.geometry = (spatial_shapes, (batch_size, num_heads, num_samples), input_dtypes)
         ctx.save_for_backward(table, rows, weights, attention, weight_low, weight_high, valid_low, valid_high, low)
         return F.embedding_bag(
@@ -256,24 +277,26 @@ class _DeformableSampling(torch.autograd.Function):
             upper_left, upper_right, lower_left, lower_right = dots.unbind(-1)
             x_low, y_low = weight_low.unbind(-1)
             x_high, y_high = weight_high.unbind(-1)
+            # The taps combined along y (per x neighbour) and along x (per y neighbour): every gradient is a
+            # two-term sum of them.
+            left = torch.addcmul(y_low * upper_left, y_high, lower_left)
+            right = torch.addcmul(y_low * upper_right, y_high, lower_right)
             if ctx.needs_input_grad[2]:
-                grad_attention = y_low * (x_low * upper_left + x_high * upper_right) + y_high * (
-                    x_low * lower_left + x_high * lower_right
-                )
+                grad_attention = torch.addcmul(x_low * left, x_high, right)
                 grad_attention = grad_attention.view(locations_shape[:-1]).to(attention_dtype)
             if ctx.needs_input_grad[1]:
+                upper = torch.addcmul(x_low * upper_left, x_high, upper_right)
+                lower = torch.addcmul(x_low * lower_left, x_high, lower_right)
                 in_x_low, in_y_low = valid_low.view(num_bags, num_samples, 2).unbind(-1)
                 in_x_high, in_y_high = valid_high.view(num_bags, num_samples, 2).unbind(-1)
                 # d(bilinear weight)/d(fraction) is -1 or +1 times the other axis' weight, for taps inside the map
-                grad_x = y_low * (in_x_high * upper_right - in_x_low * upper_left) + y_high * (
-                    in_x_high * lower_right - in_x_low * lower_left
-                )
-                grad_y = x_low * (in_y_high * lower_left - in_y_low * upper_left) + x_high * (
-                    in_y_high * lower_right - in_y_low * upper_right
-                )
                 sizes = _level_vector(spatial_shapes, num_samples // len(spatial_shapes), lambda h, w: (w, h),
                                       attention.device, attention.dtype)
-                grad_locations = torch.stack((grad_x * attention, grad_y * attention), -1).view(num_bags, -1) * sizes
+                grad_locations = torch.empty(num_bags, num_samples, 2, device=attention.device, dtype=attention.dtype)
+                grad_x, grad_y = grad_locations.unbind(-1)
+                torch.mul(torch.addcmul(in_x_high * right, in_x_low, left, value=-1), attention, out=grad_x)
+                torch.mul(torch.addcmul(in_y_high * lower, in_y_low, upper, value=-1), attention, out=grad_y)
+                grad_locations = grad_locations.view(num_bags, -1).mul_(sizes)
                 grad_locations = grad_locations.view(locations_shape).to(locations_dtype)
         if ctx.needs_input_grad[0]:
             grad_table = _scatter_taps(grad, weights, low, spatial_shapes, batch_size, num_heads).to(table.dtype)
