@@ -31,6 +31,7 @@ import time
 
 import torch
 from allocator import add_allocator_argument, allocator_label, rerun_under_both_allocators
+from machine import CpuSteal
 
 
 def model_like_outputs(num_classes: int, *, queries: int = 100, size: int = 96, regions: int = 15, seed: int = 0):
@@ -106,6 +107,7 @@ def measure(kinds: list[str], runs: int, threads: int, label: str, regions: int 
         f"{regions} regions in model-like outputs",
         flush=True,
     )
+    steal = CpuSteal()
     for kind in kinds:
         print(f"\n{kind} outputs")
         print(f"{'task':>9} | {'transformers (ms)':>17} | {'ours (ms)':>9} | {'speed-up':>8} | "
@@ -129,6 +131,7 @@ def measure(kinds: list[str], runs: int, threads: int, label: str, regions: int 
             their_ms, our_ms, full_ms = (1000 * statistics.median(t) for t in (their_times, our_times, full_times))
             print(f"{task:>9} | {their_ms:17.1f} | {our_ms:9.1f} | {their_ms / our_ms:7.1f}x | {full_ms:25.1f}",
                   flush=True)
+    print(steal.report(), flush=True)
 
 
 def main() -> None:

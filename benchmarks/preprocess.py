@@ -22,6 +22,7 @@ import statistics
 import time
 
 from allocator import add_allocator_argument, allocator_label, rerun_under_both_allocators
+from machine import CpuSteal
 
 SETTINGS = {
     "384x384 (released)": {"height": 384, "width": 384},
@@ -49,6 +50,7 @@ def measure(runs: int, threads: int, batch_sizes: list[int], label: str) -> None
     print(f"\nallocator: {label}; torch {torch.__version__}, {threads} threads, median of {runs} runs after warm-up")
     print(f"load average before: {load} (other work on the machine slows both columns)")
     rows = []
+    steal = CpuSteal()
     for setting, size in SETTINGS.items():
         ours = Mask2FormerImageProcessor(size=size)
         theirs = transformers.Mask2FormerImageProcessor(size=size)
@@ -72,6 +74,7 @@ def measure(runs: int, threads: int, batch_sizes: list[int], label: str) -> None
             f"{reference / mine:>7.1f}x",
             flush=True,
         )
+    print(steal.report(), flush=True)
 
 
 def main() -> None:

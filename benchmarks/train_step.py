@@ -19,6 +19,7 @@ import time
 
 from allocator import add_allocator_argument, allocator_label, rerun_under_both_allocators
 from forward import build_models
+from machine import CpuSteal
 
 
 def make_batch(size: int, batch: int = 2, targets: int = 6, num_labels: int = 80):
@@ -60,12 +61,14 @@ def measure(size: int, runs: int, threads: int, label: str) -> None:
     print("-" * 64)
     step_once(ours, *batch)
     step_once(theirs, *batch)
+    steal = CpuSteal()
     ours_times, their_times = [], []
     for _ in range(runs):
         their_times.append(step_once(theirs, *batch))
         ours_times.append(step_once(ours, *batch))
     mine, reference = statistics.median(ours_times), statistics.median(their_times)
     print(f"{'2x' + str(size) + 'x' + str(size):>14} | {reference:>16.2f} | {mine:>15.2f} | {reference / mine:>7.2f}x")
+    print(steal.report(), flush=True)
 
 
 def main() -> None:
