@@ -230,9 +230,8 @@ class _DeformableSampling(torch.autograd.Function):
         low = pixel.floor()
         fraction = pixel - low
         last = sizes - 1
-        # 1 where the low (high) neighbour is inside the map, else 0 (zero padding); float, as they only multiply.
-        valid_low = ((low >= 0) & (low <= last)).to(dtype)
-        valid_high = ((low >= -1) & (low <= last - 1)).to(dtype)
+        valid_low = (low >= 0) & (low <= last)  # the low neighbour is inside the map (else zero padding)
+        valid_high = (low >= -1) & (low <= last - 1)
         weight_low = (1 - fraction).mul_(valid_low)  # (N, L*P*2) bilinear weights, 0 outside the map
         weight_high = fraction.mul(valid_high)
         # In-level offsets x and y * W of both neighbours, clamped into the map (their weight is 0 when clamped).
@@ -287,8 +286,9 @@ class _DeformableSampling(torch.autograd.Function):
             if ctx.needs_input_grad[1]:
                 upper = torch.addcmul(x_low * upper_left, x_high, upper_right)
                 lower = torch.addcmul(x_low * lower_left, x_high, lower_right)
-                in_x_low, in_y_low = valid_low.view(num_bags, num_samples, 2).unbind(-1)
-                in_x_high, in_y_high = valid_high.view(num_bags, num_samples, 2).unbind(-1)
+                # as floats once (they only multiply; saved as bools, a quarter of the memory)
+                in_x_low, in_y_low = valid_low.to(compute_dtype).view(num_bags, num_samples, 2).unbind(-1)
+                in_x_high, in_y_high = valid_high.to(compute_dtype).view(num_bags, num_samples, 2).unbind(-1)
                 # d(bilinear weight)/d(fraction) is -1 or +1 times the other axis' weight, for taps inside the map
                 sizes = _level_vector(spatial_shapes, num_samples // len(spatial_shapes), lambda h, w: (w, h),
                                       attention.device, attention.dtype)
