@@ -96,6 +96,25 @@ def test_gather_backward_in_chunks_equals_one_chunk(monkeypatch):
         torch.testing.assert_close(chunked, one, atol=1e-6, rtol=1e-6)
 
 
+def test_backward_scratch_buffers_reused_across_sizes():
+    """The scatter's kept buffers serve calls of other sizes and dtypes: each call's gradients are its own."""
+
+    def gradients(inputs):
+        leaves = [tensor.clone().requires_grad_(True) for tensor in inputs]
+        (multi_scale_deformable_attention_gather(leaves[0], SHAPES, leaves[1], leaves[2]) ** 2).sum().backward()
+        return [leaf.grad for leaf in leaves]
+
+    large = random_inputs(batch_size=3, seed=6)
+    small = random_inputs(batch_size=1, num_queries=5, seed=7)
+    first = gradients(large)
+    small_single = gradients([tensor.float() for tensor in small])  # a float32 call in between
+    again = gradients(large)
+    for one, two in zip(first, again):
+        torch.testing.assert_close(two, one, atol=1e-12, rtol=0)
+    for actual, expected in zip(small_single, gradients(small)):
+        torch.testing.assert_close(actual.double(), expected, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 def test_row_dots_sparse_and_gathered_agree(monkeypatch, index_dtype):
     """The CPU's sampled matrix product and the gather used on other devices (chunked here) give the same dots."""
