@@ -97,21 +97,24 @@ def test_gather_backward_in_chunks_equals_one_chunk(monkeypatch):
 
 
 def test_backward_scratch_buffers_reused_across_sizes():
-    """The scatter's kept buffers serve calls of other sizes and dtypes: each call's gradients are its own."""
+    """The scatter's kept buffer serves calls of other sizes and dtypes: each call's gradients are its own."""
 
-    def gradients(inputs):
+    def gradients(inputs, function=multi_scale_deformable_attention_gather):
         leaves = [tensor.clone().requires_grad_(True) for tensor in inputs]
-        (multi_scale_deformable_attention_gather(leaves[0], SHAPES, leaves[1], leaves[2]) ** 2).sum().backward()
+        (function(leaves[0], SHAPES, leaves[1], leaves[2]) ** 2).sum().backward()
         return [leaf.grad for leaf in leaves]
 
     large = random_inputs(batch_size=3, seed=6)
     small = random_inputs(batch_size=1, num_queries=5, seed=7)
     first = gradients(large)
-    small_single = gradients([tensor.float() for tensor in small])  # a float32 call in between
+    small_after_large = gradients(small)  # a part of the larger buffer
+    small_float32 = gradients([tensor.float() for tensor in small])  # another dtype
     again = gradients(large)
     for one, two in zip(first, again):
         torch.testing.assert_close(two, one, atol=1e-12, rtol=0)
-    for actual, expected in zip(small_single, gradients(small)):
+    for actual, expected in zip(small_after_large, gradients(small, multi_scale_deformable_attention)):
+        torch.testing.assert_close(actual, expected, atol=1e-10, rtol=0)
+    for actual, expected in zip(small_float32, small_after_large):
         torch.testing.assert_close(actual.double(), expected, atol=1e-5, rtol=1e-5)
 
 
