@@ -11,8 +11,8 @@ Two implementations compute the same thing:
   L * P * 4 rows of the value table; ``F.embedding_bag`` with per-sample weights does exactly that in one fused
   kernel, with no (Q, L * P) intermediate of sampled values. Its backward (:class:`_DeformableSampling`) is
   written out: one sampled matrix product gives the gradients of the locations and of the attention weights, and
-  one ``index_add_`` row per location the values' (autograd through the index arithmetic and ``embedding_bag``'s
-  own backward, which sorts all indices, were 2x slower in all).
+  four ``embedding_bag`` gathers over the locations sorted by their top-left tap the values' (autograd through the
+  index arithmetic and ``embedding_bag``'s own backward, which sorts all four taps' indices, were 2x slower in all).
 
 Shape letters: B batch, Q queries, S flattened positions over all levels (sum of H_l * W_l), M heads, D channels per
 head, L levels, P points per level.
@@ -134,14 +134,15 @@ def _scatter_taps(
     batch_size: int,
     num_heads: int,
 ) -> Tensor:
-    """The table's gradient (B * M * S, D): ``weights[i, k] * grad[i]`` added at the row of every tap k of bag i.
+    """The table's gradient (B * M * S, D): the tap weight times ``grad[i]`` added at the row of every tap of bag i.
 
     Written as gathers, not as a scatter: the sampling locations are sorted by the row of their top-left tap in maps
     padded by one pixel on the top and left (a top-left tap at -1 lands on the padding), and then, for each of the
     four corners, one ``embedding_bag`` sums per padded row the weighted gradients of the locations whose top-left
-    tap it is; the four shifted maps are then added. (An ``index_add_`` per chunk of locations took twice as long,
-    and each of its calls sorts its indices in several parallel passes that all wait whenever another process holds
-    a core: 8x slower beside one busy process.)
+    tap it is; the four shifted maps are then added. (An ``index_add_`` of the four taps per chunk of locations
+    took 10% longer, and each of its calls sorts its indices in several parallel passes that all wait whenever
+    another process holds a core: one layer's forward and backward took 2x longer than this beside one busy
+    process.)
 
     Args:
         grad: (N, D) gradient of the bags, N = B * Q * M (heads innermost).
@@ -213,9 +214,9 @@ class _DeformableSampling(torch.autograd.Function):
     Forward: ``output[i] = sum_k weights[i, k] * table[rows[i, k]]`` as one ``embedding_bag`` over the
     N = B * Q * M bags of K = L * P * 4 taps. Backward: ``s[i, k] = <table[rows[i, k]], grad[i]>`` (one sampled
     matrix product) gives the attention weights' gradient (bilinear weights times s) and the locations' (the
-    bilinear weights' derivatives times s); the table's gradient is scattered with ``index_add_`` once per sampling
-    location, the four taps side by side as one (4 * D) row at the top-left tap of a map padded by one pixel, then
-    the four shifted maps are added.
+    bilinear weights' derivatives times s); the table's gradient is gathered: per corner, one ``embedding_bag`` over
+    the locations sorted by their top-left tap in maps padded by one pixel, then the four shifted maps are added
+    (:func:`_scatter_taps`).
     """
 
     @staticmethod
