@@ -96,8 +96,8 @@ def test_gather_backward_in_chunks_equals_one_chunk(monkeypatch):
         torch.testing.assert_close(chunked, one, atol=1e-6, rtol=1e-6)
 
 
-def test_backward_scratch_buffers_reused_across_sizes():
-    """The scatter's kept buffer serves calls of other sizes and dtypes: each call's gradients are its own."""
+def test_backward_across_sizes_and_dtypes():
+    """Calls of other sizes and dtypes in between leave a call's gradients unchanged (no state kept between calls)."""
 
     def gradients(inputs, function=multi_scale_deformable_attention_gather):
         leaves = [tensor.clone().requires_grad_(True) for tensor in inputs]
@@ -107,7 +107,7 @@ def test_backward_scratch_buffers_reused_across_sizes():
     large = random_inputs(batch_size=3, seed=6)
     small = random_inputs(batch_size=1, num_queries=5, seed=7)
     first = gradients(large)
-    small_after_large = gradients(small)  # a part of the larger buffer
+    small_after_large = gradients(small)
     small_float32 = gradients([tensor.float() for tensor in small])  # another dtype
     again = gradients(large)
     for one, two in zip(first, again):
