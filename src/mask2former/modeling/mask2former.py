@@ -50,7 +50,10 @@ class Mask2FormerModel(SegmentationModel):
                 code and ``transformers``, not used: the released checkpoints were trained that way.
             output_hidden_states: also return the backbone maps, the pixel decoder maps and the decoder states.
         """
-        return self._decode(pixel_values, pixel_mask, output_hidden_states)[0]
+        output = self._decode(pixel_values, pixel_mask, output_hidden_states)[0]
+        # The decoder lays masks out query-last in memory (see MaskedAttentionDecoder); users get the usual layout.
+        output.masks_queries_logits = tuple(masks.contiguous() for masks in output.masks_queries_logits)
+        return output
 
     def _decode(
         self, pixel_values: Tensor, pixel_mask: Tensor | None, output_hidden_states: bool | None
@@ -161,8 +164,13 @@ class Mask2FormerForUniversalSegmentation(Mask2FormerModel):
         )
         return Mask2FormerForUniversalSegmentationOutput(
             class_queries_logits=class_logits[-1],
-            masks_queries_logits=outputs.masks_queries_logits[-1],
-            auxiliary_logits=earlier if output_auxiliary_logits else None,
+            masks_queries_logits=outputs.masks_queries_logits[-1].contiguous(),  # query-last in memory until here
+            auxiliary_logits=[
+                {**prediction, "masks_queries_logits": prediction["masks_queries_logits"].contiguous()}
+                for prediction in earlier
+            ]
+            if output_auxiliary_logits
+            else None,
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             pixel_decoder_last_hidden_state=outputs.pixel_decoder_last_hidden_state,
             transformer_decoder_last_hidden_state=outputs.transformer_decoder_last_hidden_state,

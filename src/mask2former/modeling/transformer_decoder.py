@@ -233,7 +233,11 @@ class MaskedAttentionDecoder(nn.Module):
         """
         hidden = self.norm(queries)
         embeddings = self.mask_head(hidden)
-        mask_logits = torch.einsum("bqc,bchw->bqhw", embeddings, mask_features)
+        # (B, Q, H, W) laid out (B, H, W, Q) in memory: the layout the CPU bilinear resize below works in and the
+        # matcher's (H * W, Q) table of each image, so neither copies it (a product with transposed operands).
+        batch_size, _, height, width = mask_features.shape
+        mask_logits = torch.bmm(mask_features.flatten(2).transpose(1, 2), embeddings.transpose(1, 2))  # (B, HW, Q)
+        mask_logits = mask_logits.view(batch_size, height, width, -1).permute(0, 3, 1, 2)
         resized = F.interpolate(mask_logits, size=attention_size, mode="bilinear", align_corners=False)
         # sigmoid rather than the sign of the logit, so that ties near 0 round as in the original code.
         allowed = (resized.flatten(2).sigmoid() >= 0.5).detach()  # (B, Q, S)
