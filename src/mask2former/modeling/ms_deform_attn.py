@@ -124,6 +124,16 @@ def _table_rows(in_level: Tensor, level_sizes: list[int], batch_size: int, num_h
     return (in_level.reshape(batch_size, -1, num_heads * num_samples) + first_rows).view(num_bags, num_samples)
 
 
+def _tap_weights(attention: Tensor, weight_low: Tensor, weight_high: Tensor, corners: tuple[Tensor, ...]) -> None:
+    """Write each location's four tap weights (attention x y weight x x weight) into ``corners``, four (N, L*P)
+    outputs in the order (y0 x0, y0 x1, y1 x0, y1 x1); the forward and the backward use the same products."""
+    upper = attention * weight_low[..., 1]  # (N, L*P) attention times the y weights
+    lower = attention * weight_high[..., 1]
+    for out, (y, x) in zip(corners, ((upper, weight_low), (upper, weight_high), (lower, weight_low),
+                                     (lower, weight_high))):
+        torch.mul(y, x[..., 0], out=out)
+
+
 def _scatter_taps(
     grad: Tensor,
     attention: Tensor,
@@ -177,13 +187,9 @@ def _scatter_taps(
         sources = torch.div(order, num_samples, rounding_mode="floor")
     accumulate_dtype = torch.promote_types(grad.dtype, torch.float32)
     table = grad.to(accumulate_dtype)
-    # The tap weights corner by corner (the forward's products, in its order), then in the sorted order.
-    upper = attention * weight_low[..., 1]  # (N, L*P) attention times the y weights
-    lower = attention * weight_high[..., 1]
+    # The tap weights corner by corner (the forward's products), then in the sorted order.
     corner_weights = torch.empty(4, num_bags, num_samples, device=device, dtype=accumulate_dtype)
-    for corner, (y, x) in enumerate(((upper, weight_low), (upper, weight_high), (lower, weight_low),
-                                     (lower, weight_high))):
-        torch.mul(y, x[..., 0], out=corner_weights[corner])
+    _tap_weights(attention, weight_low, weight_high, corner_weights.unbind(0))
     corner_weights = corner_weights.view(4, -1).index_select(1, order)  # (4, N * L*P)
     taps = [
         F.embedding_bag(sources, table, starts, mode="sum", per_sample_weights=corner_weights[corner]).view(
@@ -257,12 +263,8 @@ class _DeformableSampling(torch.autograd.Function):
             torch.add(x, y, out=rows[..., corner])  # written in place: no stack of four temporaries
         attention = attention_weights.reshape(num_bags, num_samples)
         weight_low, weight_high = weight_low.view(num_bags, num_samples, 2), weight_high.view(num_bags, num_samples, 2)
-        upper = attention * weight_low[..., 1]  # (N, L*P) attention times the y weights
-        lower = attention * weight_high[..., 1]
         weights = torch.empty(num_bags, num_samples, 4, device=device, dtype=dtype)  # tap weights in the order of rows
-        for corner, (y, x) in enumerate(((upper, weight_low), (upper, weight_high), (lower, weight_low),
-                                         (lower, weight_high))):
-            torch.mul(y, x[..., 0], out=weights[..., corner])
+        _tap_weights(attention, weight_low, weight_high, weights.unbind(-1))
         weights = weights.to(table.dtype)
         ctx.geometry = (spatial_shapes, (batch_size, num_heads, num_samples), input_dtypes)
         ctx.save_for_backward(table, rows, attention, weight_low, weight_high, valid_low, valid_high, low)
