@@ -595,3 +595,19 @@ def test_processor_methods_match_the_functions_and_transformers(processor):
     full = ours.post_process_panoptic_segmentation(outputs, mask_size=None, input_sizes=[(80, 100), (96, 128)])
     expected = post_process_panoptic_segmentation(outputs, mask_size=None, input_sizes=[(80, 100), (96, 128)])
     assert [r["segments_info"] for r in full] == [r["segments_info"] for r in expected]
+
+
+def test_divmod_through_float64_is_exact():
+    """The float64 quotient is exact: multiples of the divisor and their neighbours, small and large values, scalar
+    and per-element divisors."""
+    divisors = torch.tensor([1, 2, 3, 7, 383, 384, 640, 4095, 2**20 + 7])
+    multiples = torch.tensor([0, 1, 2, 5, 383, 2**20, 2**30 + 3])
+    values = (multiples[:, None] * divisors[None]).flatten()
+    values = torch.cat([values, values + 1, (values - 1).clamp(min=0), torch.randint(0, 2**40, (1000,))])
+    for divisor in divisors.tolist():
+        quotient, remainder = postprocess._divmod(values, divisor)
+        assert torch.equal(quotient, values // divisor) and torch.equal(remainder, values % divisor)
+    per_element = divisors[torch.randint(0, len(divisors), values.shape)]
+    quotient, remainder = postprocess._divmod(values, per_element)
+    assert torch.equal(quotient, values // per_element) and torch.equal(remainder, values % per_element)
+    assert quotient.dtype == remainder.dtype == torch.int64

@@ -235,6 +235,14 @@ def _resize_separable(values: Tensor, taps_y: _Taps, taps_x: _Taps) -> Tensor:
     return resized
 
 
+def _divmod(values: Tensor, divisor: int | Tensor) -> tuple[Tensor, Tensor]:
+    """``values // divisor`` and ``values % divisor`` for non-negative int64 ``values`` and positive divisors,
+    through a float64 division: exact below 2**52 (a quotient that is not an integer is at least 1 / divisor away
+    from one), and several times faster than int64 division, which CPUs do not vectorize."""
+    quotient = values.double().div_(divisor).floor_().long()
+    return quotient, values - quotient * divisor
+
+
 def _take(values: Tensor, index: Tensor) -> Tensor:
     """``values[index]`` for a 1-D ``values``, through ``index_select`` (much faster on CPU)."""
     return values.index_select(0, index.reshape(-1)).view(index.shape)
@@ -679,7 +687,7 @@ class _SemanticScores:
 
     def _scores(self, table: Tensor, class_probs: Tensor, flat: Tensor) -> Tensor:
         frame_width = self.plan.frame[1]
-        ys, xs = flat // frame_width, flat % frame_width
+        ys, xs = _divmod(flat, frame_width)
         logits = _sample(table, self.width, self.plan.frame_y, self.plan.frame_x, ys, xs)  # (n, queries)
         return logits.sigmoid_() @ class_probs  # (n, K*)
 
@@ -698,7 +706,7 @@ class _SemanticScores:
 
     def _exact_argmax(self, flat: Tensor) -> Tensor:
         scores = self.relevant(flat)  # (n, K*)
-        cells = self._cells(flat // self.plan.frame[1], flat % self.plan.frame[1])
+        cells = self._cells(*_divmod(flat, self.plan.frame[1]))
         best, sure = _sure_top(scores, _take(self.cell_slack, cells))
         unsure = (~sure).nonzero().squeeze(1)
         if unsure.numel():
@@ -933,7 +941,7 @@ class _WeightedMasks:
     def _at(self, flat: Tensor) -> Tensor:
         """(n,) flat frame indices -> (n, N) values (read through ``at``)."""
         frame_width = self.plan.frame[1]
-        ys, xs = flat // frame_width, flat % frame_width
+        ys, xs = _divmod(flat, frame_width)
         return _sample(self.table, self.width, self.plan.frame_y, self.plan.frame_x, ys, xs).sigmoid_() * self.scores
 
     def owner(self) -> Tensor | None:
@@ -1072,15 +1080,15 @@ def _band_pixels(above: Tensor, below: Tensor, plan: _Plan) -> tuple[Tensor, Ten
                 below_both = _extend(below_both, -1, torch.logical_and)
             mixed.append(~(above_both | below_both))
     shape, channel, row, column = torch.stack(mixed).nonzero(as_tuple=True)  # the mixed blocks
-    row_span, column_span = shape // len(column_counts), shape % len(column_counts)
+    row_span, column_span = _divmod(shape, len(column_counts))
     rows, columns = row_counts[row_span, row], column_counts[column_span, column]
     first_row, first_column = row_starts[row_span, row], column_starts[column_span, column]
     block = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), rows * columns)  # (m,)
     ends = (rows * columns).cumsum(0)
     within = torch.arange(len(block), device=block.device) - _take(ends - rows * columns, block)
     block_columns = _take(columns, block)
-    ys = _take(first_row, block) + torch.div(within, block_columns, rounding_mode="floor")
-    xs = _take(first_column, block) + within % block_columns
+    within_rows, within_columns = _divmod(within, block_columns)
+    ys, xs = _take(first_row, block) + within_rows, _take(first_column, block) + within_columns
     return _take(channel, block), ys, xs
 
 
