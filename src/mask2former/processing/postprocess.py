@@ -238,8 +238,12 @@ def _resize_separable(values: Tensor, taps_y: _Taps, taps_x: _Taps) -> Tensor:
 def _divmod(values: Tensor, divisor: int | Tensor) -> tuple[Tensor, Tensor]:
     """``values // divisor`` and ``values % divisor`` for non-negative int64 ``values`` and positive divisors,
     through a float64 division: exact below 2**52 (a quotient that is not an integer is at least 1 / divisor away
-    from one), and several times faster than int64 division, which CPUs do not vectorize."""
-    quotient = values.double().div_(divisor).floor_().long()
+    from one), and several times faster than int64 division, which CPUs do not vectorize. Other devices (some have
+    no float64) divide the integers."""
+    if values.device.type != "cpu":
+        quotient = torch.div(values, divisor, rounding_mode="floor")
+    else:
+        quotient = values.double().div_(divisor).floor_().long()
     return quotient, values - quotient * divisor
 
 
