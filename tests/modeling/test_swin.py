@@ -307,3 +307,34 @@ def test_shift_mask_weight_is_exactly_zero_not_denormal():
     scores = torch.tensor([[0.0, _SHIFT_MASK_VALUE], [5.0, 5.0 + _SHIFT_MASK_VALUE]])
     assert torch.equal(scores.softmax(-1)[:, 1], torch.zeros(2))
     assert torch.isfinite(torch.tensor(_SHIFT_MASK_VALUE, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_training_attention_is_the_fused_kernels_reference_path_to_the_bit(shifted):
+    """With gradients on, window attention is written out (scaled_dot_product_attention falls back to its slower
+    reference path when the mask needs a gradient); values and gradients must be that path's, bit for bit."""
+    from mask2former.modeling.backbones.swin import _shift_mask, _WindowAttention
+
+    torch.manual_seed(13)
+    attention = _WindowAttention(32, 2, 4, True)
+    x = torch.randn(2 * 9, 16, 32, requires_grad=True)  # 2 images of 3 x 3 windows of 4 x 4 tokens
+    mask = _shift_mask(12, 12, 4, 2, x.device, x.dtype) if shifted else None
+    ours = attention(x, 4, mask)
+    grad = torch.randn_like(ours)
+    ours_grads = torch.autograd.grad(ours, [x, attention.relative_position_bias_table, attention.qkv.weight], grad)
+
+    # The reference: the fused op (which falls back to its reference path) with the mask expanded over the images.
+    q, k, v = attention.qkv(x).view(18, 16, 3, 2, 16).permute(2, 0, 3, 1, 4).unbind(0)
+    bias = attention._position_bias(4).unsqueeze(0)
+    if mask is not None:
+        bias = (bias + mask.unsqueeze(1)).repeat(2, 1, 1, 1)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=16**-0.5)
+    reference = attention.proj(out.transpose(1, 2).reshape(18, 16, 32))
+    reference_grads = torch.autograd.grad(
+        reference, [x, attention.relative_position_bias_table, attention.qkv.weight], grad
+    )
+    assert torch.equal(ours, reference)
+    for mine, theirs in zip(ours_grads, reference_grads):
+        assert torch.equal(mine, theirs)
+    with torch.no_grad():  # inference takes the fused kernel itself: the same values up to its rounding
+        torch.testing.assert_close(attention(x, 4, mask), ours, atol=1e-5, rtol=0)

@@ -230,10 +230,11 @@ def test_good_targets_pass():
         validate_targets(MASKS, CLASSES, batch_size=2, num_labels=5, image_size=(16, 16))
 
 
-def test_gradient_through_matched_masks_only_equals_the_dense_one():
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_gradient_through_matched_masks_only_equals_the_dense_one(layout):
     """With the mask embeddings and features, the losses are the same floats and the gradients of the embeddings and
     features those of indexing the full (B, Q, h, w) logits, for the last and the auxiliary predictions (counts include
-    an image without targets)."""
+    an image without targets); also for channels-last features (the pixel decoder's in training)."""
     generator = torch.Generator().manual_seed(8)
     batch, queries, channels, size, num_predictions = 3, 10, 6, 16, 3
     class_logits = torch.randn(num_predictions, batch, queries, NUM_LABELS + 1, generator=generator)
@@ -242,7 +243,7 @@ def test_gradient_through_matched_masks_only_equals_the_dense_one():
     mask_labels, class_labels = random_targets([3, 0, 5], seed=8)
     results = []
     for factored in (False, True):
-        leaves = [embeddings.clone().requires_grad_(True), features.clone().requires_grad_(True)]
+        leaves = [embeddings.clone().requires_grad_(True), features.contiguous(memory_format=layout).requires_grad_(True)]
         logits = [torch.einsum("bqc,bchw->bqhw", leaves[0][index], leaves[1]) for index in range(num_predictions)]
         predictions = [
             {"class_queries_logits": class_logits[index], "masks_queries_logits": logits[index]}

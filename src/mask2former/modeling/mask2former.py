@@ -57,16 +57,18 @@ class Mask2FormerModel(SegmentationModel):
 
     def _decode(
         self, pixel_values: Tensor, pixel_mask: Tensor | None, output_hidden_states: bool | None
-    ) -> tuple[Mask2FormerModelOutput, DecoderPredictions]:
-        """:meth:`forward`'s outputs and the decoder's predictions (with the mask embeddings the loss reads)."""
+    ) -> tuple[Mask2FormerModelOutput, DecoderPredictions, Tensor]:
+        """:meth:`forward`'s outputs, the decoder's predictions (with the mask embeddings the loss reads) and the mask
+        features as the pixel decoder gave them (channels-last in training; the outputs hold a contiguous copy)."""
         self._check_inputs(pixel_values, pixel_mask)
         features = self.backbone(pixel_values)
         mask_features, multi_scale_features = self.pixel_decoder(features)
         predictions = self.transformer_decoder(multi_scale_features, mask_features)
         hidden = bool(output_hidden_states)
+        # The pixel decoder's mask features are channels-last in memory in training; users get the usual layout.
         output = Mask2FormerModelOutput(
             encoder_last_hidden_state=features[-1],
-            pixel_decoder_last_hidden_state=mask_features,
+            pixel_decoder_last_hidden_state=mask_features.contiguous(),
             transformer_decoder_last_hidden_state=predictions.last_hidden_state,
             masks_queries_logits=tuple(predictions.masks_queries_logits),
             transformer_decoder_intermediate_states=tuple(predictions.hidden_states),
@@ -74,7 +76,7 @@ class Mask2FormerModel(SegmentationModel):
             pixel_decoder_hidden_states=tuple(multi_scale_features) if hidden else None,
             transformer_decoder_hidden_states=tuple(predictions.layer_inputs) if hidden else None,
         )
-        return output, predictions
+        return output, predictions, mask_features
 
 
 class Mask2FormerForUniversalSegmentation(Mask2FormerModel):
@@ -148,7 +150,7 @@ class Mask2FormerForUniversalSegmentation(Mask2FormerModel):
             ``use_auxiliary_loss``, of every earlier one; see :class:`~mask2former.training.Mask2FormerCriterion`).
         """
         self._check_targets(pixel_values, pixel_mask, mask_labels, class_labels)
-        outputs, predictions = self._decode(pixel_values, pixel_mask, output_hidden_states)
+        outputs, predictions, mask_features = self._decode(pixel_values, pixel_mask, output_hidden_states)
         states = torch.stack(outputs.transformer_decoder_intermediate_states)  # (T, B, Q, C), T predictions
         class_logits = self.class_head(states)  # (T, B, Q, K + 1)
         if output_auxiliary_logits is None and self.config is not None:
@@ -160,7 +162,7 @@ class Mask2FormerForUniversalSegmentation(Mask2FormerModel):
             class_labels,
             use_auxiliary_loss=self.config.use_auxiliary_loss if self.config is not None else True,
             mask_embeddings=predictions.mask_embeddings,
-            mask_features=outputs.pixel_decoder_last_hidden_state,
+            mask_features=mask_features,
         )
         return Mask2FormerForUniversalSegmentationOutput(
             class_queries_logits=class_logits[-1],

@@ -127,7 +127,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
 
         Returns:
             ``(mask_features, multi_scale_features)``: (B, mask_dim, H_0, W_0) per-pixel embeddings at the finest
-            stride, and the ``num_levels`` encoder outputs (B, dim, H_l, W_l), coarsest first.
+            stride (channels-last in memory when gradients are enabled), and the ``num_levels`` encoder outputs
+            (B, dim, H_l, W_l), coarsest first.
         """
         coarse = list(features)[-self.num_levels :][::-1]
         projected = [projection(x) for projection, x in zip(self.input_projections, coarse)]
@@ -155,9 +156,16 @@ class MSDeformAttnPixelDecoder(nn.Module):
                 hidden.split([height * width for height, width in spatial_shapes], dim=1), spatial_shapes
             )
         ]
-        fpn = outputs[-1]
+        # In training the FPN runs channels-last: there CPU convolutions, GroupNorm and above all the bilinear resize
+        # and its backward are faster (the resize 5-10x). Inference keeps the usual layout, whose rounding is
+        # transformers' (the masked attention downstream turns last-bit differences near a logit of 0 into visible ones).
+        training_layout = torch.is_grad_enabled()
+        fpn = outputs[-1].contiguous(memory_format=torch.channels_last) if training_layout else outputs[-1]
         for index in reversed(range(self.num_fpn_levels)):
-            lateral = self.lateral_convs[index](features[index])
+            feature = features[index]
+            if training_layout:
+                feature = feature.contiguous(memory_format=torch.channels_last)
+            lateral = self.lateral_convs[index](feature)
             upsampled = F.interpolate(fpn, size=lateral.shape[-2:], mode="bilinear", align_corners=False)
             fpn = F.relu(self.output_convs[index](lateral + upsampled))
         return self.mask_projection(fpn), outputs

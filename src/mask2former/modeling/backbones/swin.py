@@ -11,6 +11,7 @@ Internally tokens are kept channels-last, ``(B, H, W, C)``, from the patch embed
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 
@@ -178,6 +179,20 @@ class _WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[index.reshape(-1)]  # (N*N, heads)
         return bias.view(n, n, self.num_heads).permute(2, 0, 1)  # (heads, N, N)
 
+    def _attend_reference(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+        """Attention of q, k, v (B*nW, heads, N, d) with the additive ``bias`` (nW or 1, heads, N, N), written out.
+
+        For training: with a mask that needs a gradient (the learned bias), ``scaled_dot_product_attention`` falls back
+        to its reference path, which also materializes the mask for every image and guards each softmax row against
+        being fully masked (about 25% slower on the CPU, forward and backward). This is that path's arithmetic (both
+        operands scaled by the square root of the scale), so the values are the same to the bit.
+        """
+        bnw, num_heads, n, _ = q.shape
+        root_scale = math.sqrt(self.head_dim**-0.5)
+        scores = torch.matmul(q * root_scale, k.transpose(-2, -1) * root_scale)  # (B*nW, heads, N, N)
+        scores = scores.view(-1, bias.shape[0], num_heads, n, n).add_(bias.to(scores.dtype))  # each image's windows
+        return torch.matmul(scores.view(bnw, num_heads, n, n).softmax(-1).to(v.dtype), v)  # (B*nW, heads, N, d)
+
     def forward(self, x: Tensor, window: int, mask: Tensor | None) -> Tensor:
         """Attend within each window.
 
@@ -192,15 +207,15 @@ class _WindowAttention(nn.Module):
         bnw, n, c = x.shape
         qkv = self.qkv(x).view(bnw, n, 3, self.num_heads, self.head_dim)  # (B*nW, N, 3, heads, d)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B*nW, heads, N, d)
-        attn_mask = self._position_bias(window).unsqueeze(0)  # (1, heads, N, N)
+        bias = self._position_bias(window).unsqueeze(0)  # (1, heads, N, N)
         if mask is not None:
-            num_windows = mask.shape[0]
-            attn_mask = attn_mask + mask.unsqueeze(1)  # (nW, heads, N, N)
-            attn_mask = attn_mask.unsqueeze(0).expand(bnw // num_windows, -1, -1, -1, -1)  # (B, nW, heads, N, N)
-            attn_mask = attn_mask.reshape(bnw, self.num_heads, n, n)  # (B*nW, heads, N, N)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask.to(q.dtype), scale=self.head_dim**-0.5
-        )  # (B*nW, heads, N, d)
+            bias = bias + mask.unsqueeze(1)  # (nW, heads, N, N)
+        if torch.is_grad_enabled() and bias.requires_grad:
+            out = self._attend_reference(q, k, v, bias)
+        else:  # PyTorch's fused kernel: as fast as the written-out path on the CPU, faster elsewhere
+            if mask is not None:
+                bias = bias.expand(bnw // bias.shape[0], -1, -1, -1, -1).reshape(bnw, self.num_heads, n, n)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.head_dim**-0.5)
         out = out.transpose(1, 2).reshape(bnw, n, c)  # (B*nW, N, C)
         return self.proj(out)
 
