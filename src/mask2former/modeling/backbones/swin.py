@@ -184,13 +184,13 @@ class _WindowAttention(nn.Module):
 
         For training: with a mask that needs a gradient (the learned bias), ``scaled_dot_product_attention`` falls back
         to its reference path, which also materializes the mask for every image and guards each softmax row against
-        being fully masked (about 25% slower on the CPU, forward and backward). This is that path's arithmetic (both
+        being fully masked (about 20% slower on the CPU, forward and backward). This is that path's arithmetic (both
         operands scaled by the square root of the scale), so the values are the same to the bit.
         """
         bnw, num_heads, n, _ = q.shape
         root_scale = math.sqrt(self.head_dim**-0.5)
         scores = torch.matmul(q * root_scale, k.transpose(-2, -1) * root_scale)  # (B*nW, heads, N, N)
-        scores = scores.view(-1, bias.shape[0], num_heads, n, n).add_(bias.to(scores.dtype))  # each image's windows
+        scores = scores.view(-1, bias.shape[0], num_heads, n, n) + bias.to(scores.dtype)  # (in place: 15% slower)
         return torch.matmul(scores.view(bnw, num_heads, n, n).softmax(-1).to(v.dtype), v)  # (B*nW, heads, N, d)
 
     def forward(self, x: Tensor, window: int, mask: Tensor | None) -> Tensor:
