@@ -59,13 +59,13 @@ class Mask2FormerModel(SegmentationModel):
         self, pixel_values: Tensor, pixel_mask: Tensor | None, output_hidden_states: bool | None
     ) -> tuple[Mask2FormerModelOutput, DecoderPredictions, Tensor]:
         """:meth:`forward`'s outputs, the decoder's predictions (with the mask embeddings the loss reads) and the mask
-        features as the pixel decoder gave them (channels-last in training; the outputs hold a contiguous copy)."""
+        features as the pixel decoder gave them (channels-last with gradients on; the outputs hold a contiguous copy)."""
         self._check_inputs(pixel_values, pixel_mask)
         features = self.backbone(pixel_values)
         mask_features, multi_scale_features = self.pixel_decoder(features)
         predictions = self.transformer_decoder(multi_scale_features, mask_features)
         hidden = bool(output_hidden_states)
-        # The pixel decoder's mask features are channels-last in memory in training; users get the usual layout.
+        # The pixel decoder's mask features are channels-last in memory with gradients on; users get the usual layout.
         output = Mask2FormerModelOutput(
             encoder_last_hidden_state=features[-1],
             pixel_decoder_last_hidden_state=mask_features.contiguous(),
