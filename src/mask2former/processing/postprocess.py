@@ -247,6 +247,14 @@ def _divmod(values: Tensor, divisor: int | Tensor) -> tuple[Tensor, Tensor]:
     return quotient, values - quotient * divisor
 
 
+def _pixel_table(grid: Tensor) -> Tensor:
+    """(C, h, w) -> (h*w, C) contiguous, a row per grid pixel (a 3-D permute copies several times faster than the
+    transpose of the flattened (C, h*w) on CPU)."""
+    if grid.shape[0] == 0:
+        return grid.flatten(1).T  # (embedding_bag rejects the (h*w, 0) tensor that the copy would give)
+    return grid.permute(1, 2, 0).contiguous().view(-1, grid.shape[0])
+
+
 def _take(values: Tensor, index: Tensor) -> Tensor:
     """``values[index]`` for a 1-D ``values``, through ``index_select`` (much faster on CPU)."""
     return values.index_select(0, index.reshape(-1)).view(index.shape)
@@ -260,6 +268,37 @@ def _corner_taps(taps: _Taps, stride: int, rows: bool) -> tuple[Tensor, Tensor]:
     order = [0, 0, 1, 1] if rows else [0, 1, 0, 1]
     indices, weights = _tap_pairs(taps)  # (2, n) each
     return (indices.T * stride)[:, order].contiguous(), weights.T[:, order].contiguous()
+
+
+@functools.lru_cache(maxsize=256)
+def _runs(index0: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """For each of ``size`` inputs, how many consecutive outputs start at it (``index0`` (n,) never decreases) and
+    the first of them: (size,) int64 counts and starts. Remembered: plans are."""
+    counts = torch.bincount(index0, minlength=size)
+    return counts, counts.cumsum(0) - counts
+
+
+def _rectangle_pixels(
+    first_rows: Tensor, rows: Tensor, first_columns: Tensor, columns: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The pixels of rectangles, ``rows`` x ``columns`` (m,) from (``first_rows``, ``first_columns``) (m,), one
+    rectangle after the other, row-major within each: (n,) rectangle, row and column of each."""
+    sizes = rows * columns
+    rectangle = torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), sizes)  # (n,)
+    within = torch.arange(len(rectangle), device=sizes.device) - _take(sizes.cumsum(0) - sizes, rectangle)
+    within_rows, within_columns = _divmod(within, _take(columns, rectangle))
+    return rectangle, _take(first_rows, rectangle) + within_rows, _take(first_columns, rectangle) + within_columns
+
+
+def _pixels_of_cells(cell_y: Tensor, cell_x: Tensor, taps_y: _Taps, taps_x: _Taps, size: Size) -> tuple[Tensor, Tensor]:
+    """The output pixels (ys, xs) whose taps start at the cells (cell_y, cell_x) (m,) of a grid of ``size``: per
+    cell a rectangle (``index0`` never decreases), cell after cell."""
+    counts_y, starts_y = _runs(taps_y.index0, size[0])
+    counts_x, starts_x = _runs(taps_x.index0, size[1])
+    _, ys, xs = _rectangle_pixels(
+        _take(starts_y, cell_y), _take(counts_y, cell_y), _take(starts_x, cell_x), _take(counts_x, cell_x)
+    )
+    return ys, xs
 
 
 def _bilinear_rows(width: int, taps_y: _Taps, taps_x: _Taps, ys: Tensor, xs: Tensor) -> tuple[Tensor, Tensor]:
@@ -379,13 +418,15 @@ def _frame_labels(best: Tensor, decided: Tensor, plan: _Plan, exact_argmax: Any)
     """Labels (frame) int32 from per-cell labels ``best`` (h*w,) where ``decided`` (h*w,), and
     ``exact_argmax(flat)`` (n,) at the frame pixels of the other cells; None when those are too many."""
     height, width = plan.cells
+    cell_y, cell_x = _divmod((~decided).nonzero().squeeze(1), width)  # the undecided cells
+    ys, xs = _pixels_of_cells(cell_y, cell_x, plan.frame_y, plan.frame_x, plan.cells)  # their frame pixels
+    if ys.numel() > _SPARSE_LIMIT * plan.frame[0] * plan.frame[1]:
+        return None
     # int32 label maps: the gathers and comparisons over the frame and the output move half the bytes of int64.
     cells = torch.where(decided, best.to(torch.int32), -1).view(height, width)
     labels = _take_grid(cells, plan.frame_y.index0, plan.frame_x.index0)  # (frame), -1 in the undecided cells
-    flat = (labels.view(-1) < 0).nonzero().squeeze(1)
-    if flat.numel() > _SPARSE_LIMIT * labels.numel():
-        return None
-    if flat.numel():
+    if ys.numel():
+        flat = ys * plan.frame[1] + xs
         labels.view(-1)[flat] = exact_argmax(flat).to(labels.dtype)
     return labels
 
@@ -450,9 +491,9 @@ def _resize_labels(
     interpolated only where the slack leaves the argmax open. Returns None when too many pixels need interpolating.
     """
     width = labels.shape[1]
-    open_pixels = _take_grid(~_cell_agree(labels), taps_y.index0, taps_x.index0)  # (H, W) bool
-    ys, xs = open_pixels.nonzero(as_tuple=True)
-    if ys.numel() > _SPARSE_LIMIT * open_pixels.numel():
+    cell_y, cell_x = (~_cell_agree(labels)).nonzero(as_tuple=True)
+    ys, xs = _pixels_of_cells(cell_y, cell_x, taps_y, taps_x, labels.shape)  # the output pixels reading them
+    if ys.numel() > _SPARSE_LIMIT * len(taps_y.index0) * len(taps_x.index0):
         return None
     best = ys
     if ys.numel():
@@ -644,8 +685,9 @@ class _SemanticScores:
         relevant = class_probs.amax(1) >= _RELEVANT_PROBABILITY  # (Q,)
         self.plan = plan
         self.width = mask_logits.shape[-1]
-        relevant_logits, other_logits = mask_logits[relevant], mask_logits[~relevant]  # (R, h, w), (Q - R, h, w)
-        relevant_probs, other_probs = class_probs[relevant], class_probs[~relevant]  # (R, K), (Q - R, K)
+        relevant, other = relevant.nonzero().squeeze(1), (~relevant).nonzero().squeeze(1)
+        relevant_logits, other_logits = mask_logits.index_select(0, relevant), mask_logits.index_select(0, other)
+        relevant_probs, other_probs = class_probs.index_select(0, relevant), class_probs.index_select(0, other)
         low = _sigmoid_lower(_cell_reduce(relevant_logits, torch.minimum)).flatten(1)  # (R, h*w)
         high = _sigmoid_upper(_cell_reduce(relevant_logits, torch.maximum)).flatten(1)
         other_high = _sigmoid_upper(_cell_reduce(other_logits, torch.maximum)).flatten(1)  # (Q - R, h*w)
@@ -674,8 +716,8 @@ class _SemanticScores:
         self.upper = _upper(self.relevant_probs.T.clone()) @ high
         self.cell_slack = _upper(self.other_probs.amax(1)) @ other_high  # (h*w,)
         self.block_slack = self._blocks(self.cell_slack[None], torch.maximum)[0]  # (h*w,)
-        self.relevant_table = relevant_logits.flatten(1).T.contiguous()  # (h*w, R): a row per logit pixel
-        self.other_table = other_logits.flatten(1).T.contiguous()  # (h*w, Q - R)
+        self.relevant_table = _pixel_table(relevant_logits)  # (h*w, R)
+        self.other_table = _pixel_table(other_logits)  # (h*w, Q - R)
         self.relevant = _Remembered(self._relevant, plan.frame[0] * plan.frame[1])
 
     def _blocks(self, per_cell: Tensor, reduce: Any) -> Tensor:
@@ -824,7 +866,7 @@ def _instance_image(
             segmentation = torch.full(plan.output, -1, dtype=torch.long, device=device)
         return {"segmentation": segmentation, "segments_info": []}
     queries, inverse = torch.div(flat, num_classes, rounding_mode="floor").unique(return_inverse=True)
-    logits = plan.frame_logits(mask_logits[queries])  # (U, frame): each distinct query once
+    logits = plan.frame_logits(mask_logits.index_select(0, queries))  # (U, frame): each distinct query once
     binary = torch.gt(logits, _logit(mask_threshold), out=torch.empty_like(logits))  # 0/1 floats, as transformers
     # Per query: its mask area, and its own area at the output size (frame pixel (i, j) becomes rows[i] x
     # columns[j] output pixels when nearest-resized): one pass over the masks, exact in float32 (at most W per row).
@@ -936,7 +978,7 @@ class _WeightedMasks:
         self.mask_logits = mask_logits  # (N, h, w)
         self.scores = scores  # (N,)
         self.width = mask_logits.shape[-1]
-        self.table = mask_logits.flatten(1).T.contiguous()  # (h*w, N)
+        self.table = _pixel_table(mask_logits)  # (h*w, N)
         weights = scores[:, None, None]
         self.low = _sigmoid_lower(_cell_reduce(mask_logits, torch.minimum)).mul_(weights)  # (N, h, w)
         self.high = _sigmoid_upper(_cell_reduce(mask_logits, torch.maximum)).mul_(weights)
@@ -1002,7 +1044,7 @@ class _WeightedMasks:
     def _own_areas_on_box(self, queries: Tensor, threshold: float, box: Any) -> Tensor:
         """The exact own areas (n,) of ``queries``, evaluated densely on ``box`` (:meth:`_box`)."""
         (frame_y, output_y), (frame_x, output_x) = box
-        probs = _resize_separable(self.mask_logits[queries], frame_y, frame_x).sigmoid_()  # (n, frame box)
+        probs = _resize_separable(self.mask_logits.index_select(0, queries), frame_y, frame_x).sigmoid_()  # (n, frame box)
         if output_y is not None:
             probs = _resize_separable(probs, output_y, output_x)  # (n, output box)
         return (probs.mul_(self.scores[queries, None, None]) >= threshold).flatten(1).sum(1)
@@ -1087,12 +1129,7 @@ def _band_pixels(above: Tensor, below: Tensor, plan: _Plan) -> tuple[Tensor, Ten
     row_span, column_span = _divmod(shape, len(column_counts))
     rows, columns = row_counts[row_span, row], column_counts[column_span, column]
     first_row, first_column = row_starts[row_span, row], column_starts[column_span, column]
-    block = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), rows * columns)  # (m,)
-    ends = (rows * columns).cumsum(0)
-    within = torch.arange(len(block), device=block.device) - _take(ends - rows * columns, block)
-    block_columns = _take(columns, block)
-    within_rows, within_columns = _divmod(within, block_columns)
-    ys, xs = _take(first_row, block) + within_rows, _take(first_column, block) + within_columns
+    block, ys, xs = _rectangle_pixels(first_row, rows, first_column, columns)
     return _take(channel, block), ys, xs
 
 
@@ -1156,12 +1193,12 @@ def _panoptic_image(
     kept = ((labels != num_classes) & (scores > threshold)).nonzero().squeeze(1)
     if kept.numel() == 0:
         return {"segmentation": torch.zeros(plan.output, dtype=torch.long, device=device), "segments_info": []}
-    scores, labels = scores[kept], labels[kept]  # (N,)
-    found = _panoptic_owner_and_area(mask_logits[kept], scores, plan, mask_threshold, overlap_mask_area_threshold)
+    scores, labels, mask_logits = scores[kept], labels[kept], mask_logits.index_select(0, kept)  # (N,), (N, h, w)
+    found = _panoptic_owner_and_area(mask_logits, scores, plan, mask_threshold, overlap_mask_area_threshold)
     if found is not None:
         owner, area, own_area = found
     else:  # the dense computation, as transformers does it
-        probs = plan.frame_logits(mask_logits[kept]).sigmoid_()  # (N, frame)
+        probs = plan.frame_logits(mask_logits).sigmoid_()  # (N, frame)
         if plan.output_y is not None:
             probs = F.interpolate(probs[None], size=plan.output, mode="bilinear", align_corners=False)[0]
         weighted = probs.mul_(scores[:, None, None])
