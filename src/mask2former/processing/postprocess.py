@@ -321,6 +321,9 @@ def _interpolate_at(values_at: Any, width: int, taps_y: _Taps, taps_x: _Taps, ys
     """Bilinear values at output pixels (ys, xs): ``values_at(flat)`` gives the (n, C) values at flat indices of a
     grid ``width`` wide."""
     indices, weights = _bilinear_rows(width, taps_y, taps_x, ys, xs)
+    if isinstance(values_at, _Remembered):  # sum the rows of its table in place: no (4n, C) copy
+        table, rows = values_at.table(indices.flatten())
+        return F.embedding_bag(rows.view(-1, 4), table, per_sample_weights=weights, mode="sum")
     corners = values_at(indices.flatten())  # (4n, C)
     bags = torch.arange(corners.shape[0], device=corners.device).view(-1, 4)
     return F.embedding_bag(bags, corners, per_sample_weights=weights, mode="sum")
@@ -432,26 +435,40 @@ def _frame_labels(best: Tensor, decided: Tensor, plan: _Plan, exact_argmax: Any)
 
 
 class _Remembered:
-    """``compute(flat)`` (n, C) values at flat grid indices, remembering the first batch for later calls (the
-    output stage reads mostly the frame pixels that the frame stage evaluated)."""
+    """``compute(flat)`` (n, C) values at flat grid indices, remembering every value computed: later calls (the
+    output stage reads mostly the frame pixels that the frame stage evaluated) compute only the missing ones."""
 
     def __init__(self, compute: Any, size: int):
-        self.compute, self.size = compute, size
-        self.values: Tensor | None = None
-        self.rows: Tensor | None = None
+        self.compute = compute
+        self.size = size
+        self.values: Tensor | None = None  # (m, C) the values computed so far
+        self.rows: Tensor | None = None  # (size,) int32: the row of each grid pixel in ``values``, -1 if none
 
     def __call__(self, flat: Tensor) -> Tensor:
         if self.values is None:
-            self.values = self.compute(flat)
-            self.rows = torch.full((self.size,), -1, dtype=torch.int32, device=flat.device)
-            self.rows[flat] = torch.arange(flat.numel(), dtype=torch.int32, device=flat.device)
-            return self.values
+            return self._first(flat)
+        table, rows = self.table(flat)
+        return table.index_select(0, rows)
+
+    def _first(self, flat: Tensor) -> Tensor:
+        self.values = self.compute(flat)
+        self.rows = torch.full((self.size,), -1, dtype=torch.int32, device=flat.device)
+        self.rows[flat] = torch.arange(flat.numel(), dtype=torch.int32, device=flat.device)
+        return self.values
+
+    def table(self, flat: Tensor) -> tuple[Tensor, Tensor]:
+        """The values so far (m, C) and the row (n,) int32 of each of ``flat`` in them, computing the missing ones."""
+        if self.values is None:
+            self._first(flat)
         rows = _take(self.rows, flat)
-        values = self.values.index_select(0, rows.clamp(min=0))
         missing = (rows < 0).nonzero().squeeze(1)
         if missing.numel():
-            values[missing] = self.compute(flat.index_select(0, missing))
-        return values
+            new = flat.index_select(0, missing).unique()
+            start = self.values.shape[0]
+            self.rows[new] = torch.arange(start, start + new.numel(), dtype=torch.int32, device=flat.device)
+            self.values = torch.cat([self.values, self.compute(new)])
+            rows = _take(self.rows, flat)
+        return self.values, rows
 
 
 class _ResizedLabels(NamedTuple):
