@@ -81,7 +81,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -276,6 +275,12 @@ def _runs(index0: Tensor, size: int) -> tuple[Tensor, Tensor]:
     the first of them: (size,) int64 counts and starts. Remembered: plans are."""
     counts = torch.bincount(index0, minlength=size)
     return counts, counts.cumsum(0) - counts
+
+
+@functools.lru_cache(maxsize=64)
+def _run_areas(index0_y: Tensor, index0_x: Tensor, height: int, width: int) -> Tensor:
+    """(height * width,) float32: how many outputs start at each grid pixel (:func:`_runs` of both axes)."""
+    return (_runs(index0_y, height)[0][:, None] * _runs(index0_x, width)[0]).float().view(-1)
 
 
 def _rectangle_pixels(
@@ -489,6 +494,16 @@ class _ResizedLabels(NamedTuple):
         open_values = self.open_labels if values is None else _take(values, self.open_labels)
         resized[self.open_y, self.open_x] = open_values.to(resized.dtype)
         return resized
+
+    def counts(self, minlength: int) -> Tensor:
+        """How many output pixels take each label (minlength,) int64, counted on the grid: a grid pixel stands for
+        the output pixels whose taps start at it, less the open ones, counted with their own labels."""
+        height, width = self.labels.shape
+        weights = _run_areas(self.taps_y.index0, self.taps_x.index0, height, width)
+        counts = torch.bincount(self.labels.view(-1), weights=weights, minlength=minlength)  # exact below 2**24
+        replaced = self.labels[_take(self.taps_y.index0, self.open_y), _take(self.taps_x.index0, self.open_x)]
+        counts = counts.round().long() - torch.bincount(replaced, minlength=minlength)
+        return counts + torch.bincount(self.open_labels, minlength=minlength)
 
 
 def _resize_labels(
@@ -1150,12 +1165,6 @@ def _band_pixels(above: Tensor, below: Tensor, plan: _Plan) -> tuple[Tensor, Ten
     return _take(channel, block), ys, xs
 
 
-@functools.cache
-def _background() -> ThreadPoolExecutor:
-    """One worker thread for independent parts of a post-processing step."""
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="mask2former-postprocess")
-
-
 def _panoptic_owner_and_area(
     mask_logits: Tensor,
     scores: Tensor,
@@ -1163,21 +1172,20 @@ def _panoptic_owner_and_area(
     mask_threshold: float,
     overlap_mask_area_threshold: float,
 ) -> tuple[Any, Tensor, Tensor] | None:
-    """The kept query owning each output pixel (H, W), and per query its won area and its own area (N,), the own
-    area exact only where it decides the overlap test; None when the dense computation is cheaper."""
+    """The kept query owning each output pixel ((H, W), or resized labels), and per query its won area and its own
+    area (N,), the own area exact only where it decides the overlap test; None when the dense computation is
+    cheaper."""
     masks = _WeightedMasks(mask_logits, scores, plan)
-    # The own-area bounds do not depend on the owners: counted on the second core meanwhile (small ops each run on
-    # one thread, so this is where the time of a two-core machine goes).
-    bounds = _background().submit(masks.own_area_bounds, mask_threshold)
     owner = masks.owner()
     if owner is None:
         return None
-    if plan.output_y is not None:
-        resized = _resize_labels(owner, masks.at, plan.output_y, plan.output_x)
-        if resized is None:
+    if plan.output_y is None:
+        area = torch.bincount(owner.view(-1), minlength=len(scores))  # (N,)
+    else:
+        owner = _resize_labels(owner, masks.at, plan.output_y, plan.output_x)
+        if owner is None:
             return None
-        owner = resized.map()
-    area = torch.bincount(owner.flatten(), minlength=len(scores))  # (N,)
+        area = owner.counts(len(scores))
 
     def passes(own_area: Tensor) -> Tensor:  # the overlap test, with transformers' float32 division
         ratio = (area.float() / own_area.float()).double()
@@ -1187,7 +1195,8 @@ def _panoptic_owner_and_area(
         same = (lower == upper) | (area == 0) | ((lower > 0) & (passes(lower) == passes(upper)))
         return ~same
 
-    lower, upper = bounds.result()
+    # Not on a second thread: torch ops from two threads ran two OpenMP teams on two cores, each slowing the other.
+    lower, upper = masks.own_area_bounds(mask_threshold)
     own_area = lower.clone()  # enough where the test cannot tell own areas between the bounds apart
     exact = needed(lower, upper).nonzero().squeeze(1)
     if exact.numel():
@@ -1245,7 +1254,7 @@ def _panoptic_image(
                 fused_segment[label] = segment
         segment_of_query[index] = segment["id"]
     segment_ids = torch.tensor(segment_of_query, dtype=torch.long, device=device)
-    segmentation = _take(segment_ids, owner)
+    segmentation = owner.map(segment_ids) if isinstance(owner, _ResizedLabels) else _take(segment_ids, owner)
     return {"segmentation": segmentation, "segments_info": segments_info}
 
 
