@@ -399,27 +399,31 @@ def _sure_top(values: Tensor, slack: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _count_in_cells(inside: Tensor, plan: _Plan) -> Tensor:
-    """Per channel, how many output pixels read only cells that are ``inside`` (C, h, w) bool.
+    """Per channel, how many output pixels read only cells that are ``inside`` (C, h, w) bool or 0/1 float.
 
     An output row reads the cell rows from its first to its last (``plan.output_cells``), likewise for columns; rows
     that read d + 1 cell rows are counted against ``inside`` extended over d more rows (a minimum of 0/1 floats: a
-    logical and).
+    logical and). Per row span, the columns are weighted by how many output columns read each block of cell columns
+    and the rows by how many output rows read each block of cell rows: products of 0/1 floats and counts, exact in
+    float32 (at most H x W).
     """
     channels, height, width = inside.shape
     (row_counts, _), (column_counts, _) = plan.cell_blocks
-    column_counts = column_counts.float()
-    total = torch.zeros(channels, dtype=torch.long, device=inside.device)
-    over_rows = inside.float()  # (C, h, w)
-    for row_span, row_count in enumerate(row_counts):
+    row_weights, column_weights = row_counts.float(), column_counts.float()
+    total = None
+    over_rows = inside.float()  # (C, h, w); no copy when it is float already
+    for row_span in range(len(row_counts)):
         if row_span:
             over_rows = _extend(over_rows, -2, torch.minimum)
-        over_both = over_rows
-        for column_span, column_count in enumerate(column_counts):
+        over_both, per_row = over_rows, None
+        for column_span in range(len(column_counts)):
             if column_span:
                 over_both = _extend(over_both, -1, torch.minimum)
-            per_row = over_both.view(-1, width) @ column_count  # (C*h,) exact in float32: at most W
-            total += (per_row.view(channels, height).round().long() * row_count).sum(1)
-    return total
+            counted = over_both.view(-1, width) @ column_weights[column_span]  # (C*h,)
+            per_row = counted if per_row is None else per_row.add_(counted)
+        counted = per_row.view(channels, height) @ row_weights[row_span]  # (C,)
+        total = counted if total is None else total.add_(counted)
+    return total.round().long()
 
 
 def _frame_labels(best: Tensor, decided: Tensor, plan: _Plan, exact_argmax: Any) -> Tensor | None:
@@ -1027,21 +1031,26 @@ class _WeightedMasks:
         best, decided = _sure_argmax(self.low.flatten(1), self.high.flatten(1))
         return _frame_labels(best, decided, self.plan, lambda flat: self.at(flat).argmax(1))
 
-    def _surely(self, threshold: float, queries: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """(N or n, h, w) bool: the cells whose frame pixels are surely above ``threshold``, and surely below it
-        (with a margin for the rounding of the interpolations)."""
+    def _surely(
+        self, threshold: float, queries: Tensor | None = None, out: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(N or n, h, w): the cells whose frame pixels are surely above ``threshold``, and surely below it (with a
+        margin for the rounding of the interpolations); bool, or 0/1 written into the two halves of ``out``."""
         low, high = (self.low, self.high) if queries is None else (self.low[queries], self.high[queries])
         margin = _BOUND_MARGIN * abs(threshold) + 1e-7
-        return low >= threshold + margin, high < threshold - margin
+        above, below = (None, None) if out is None else out.chunk(2)
+        return torch.ge(low, threshold + margin, out=above), torch.lt(high, threshold - margin, out=below)
 
     def own_area_bounds(self, threshold: float) -> tuple[Tensor, Tensor]:
         """Per query, bounds (N,) on how many output pixels reach ``threshold``: those reading only cells surely
         above it, and all but those reading only cells surely below it."""
-        return self._bounds(*self._surely(threshold))
+        both = self.low.new_empty((2 * len(self.low), *self.low.shape[1:]))  # 0/1 floats straight from the tests
+        self._surely(threshold, out=both)
+        return self._bounds(both)
 
-    def _bounds(self, above: Tensor, below: Tensor) -> tuple[Tensor, Tensor]:
-        """The own-area bounds (n,) from the cells surely ``above`` and surely ``below`` the threshold (n, h, w)."""
-        inside, outside = _count_in_cells(torch.cat([above, below]), self.plan).chunk(2)
+    def _bounds(self, both: Tensor) -> tuple[Tensor, Tensor]:
+        """The own-area bounds (n,) from the cells surely above and surely below the threshold (2n, h, w), stacked."""
+        inside, outside = _count_in_cells(both, self.plan).chunk(2)
         return inside, self.plan.output[0] * self.plan.output[1] - outside
 
     def own_areas(self, queries: Tensor, threshold: float, bounds: tuple[Tensor, Tensor] | None = None) -> Tensor:
@@ -1054,7 +1063,7 @@ class _WeightedMasks:
         if box is None:  # no output pixel reads a cell where one of them may reach the threshold
             return torch.zeros(len(queries), dtype=torch.long, device=queries.device)
         surely = None if bounds is not None else self._surely(threshold, queries)  # the cell tests, when needed
-        lower, upper = self._bounds(*surely) if surely is not None else bounds
+        lower, upper = self._bounds(torch.cat(surely)) if surely is not None else bounds
         (frame_y, output_y), (frame_x, output_x) = box
         box_pixels = len(queries) * len((output_y or frame_y).index0) * len((output_x or frame_x).index0)
         if box_pixels < _BOX_PIXELS + _BOX_PIXELS_PER_BAND_PIXEL * int((upper - lower).sum()):
