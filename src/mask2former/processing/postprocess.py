@@ -279,8 +279,8 @@ def _runs(index0: Tensor, size: int) -> tuple[Tensor, Tensor]:
 
 @functools.lru_cache(maxsize=64)
 def _run_areas(index0_y: Tensor, index0_x: Tensor, height: int, width: int) -> Tensor:
-    """(height * width,) float32: how many outputs start at each grid pixel (:func:`_runs` of both axes)."""
-    return (_runs(index0_y, height)[0][:, None] * _runs(index0_x, width)[0]).float().view(-1)
+    """(height * width,) float64: how many outputs start at each grid pixel (:func:`_runs` of both axes)."""
+    return (_runs(index0_y, height)[0][:, None] * _runs(index0_x, width)[0]).double().view(-1)
 
 
 def _rectangle_pixels(
@@ -504,7 +504,7 @@ class _ResizedLabels(NamedTuple):
         the output pixels whose taps start at it, less the open ones, counted with their own labels."""
         height, width = self.labels.shape
         weights = _run_areas(self.taps_y.index0, self.taps_x.index0, height, width)
-        counts = torch.bincount(self.labels.view(-1), weights=weights, minlength=minlength)  # exact below 2**24
+        counts = torch.bincount(self.labels.view(-1), weights=weights, minlength=minlength)  # exact below 2**53
         replaced = self.labels[_take(self.taps_y.index0, self.open_y), _take(self.taps_x.index0, self.open_x)]
         counts = counts.round().long() - torch.bincount(replaced, minlength=minlength)
         return counts + torch.bincount(self.open_labels, minlength=minlength)
@@ -617,6 +617,13 @@ class _Plan:
             torch.bincount(self.nearest_y, minlength=self.frame[0]),
             torch.bincount(self.nearest_x, minlength=self.frame[1]),
         )
+
+    @functools.cached_property
+    def nearest_areas(self) -> Tensor:
+        """(frame height * frame width,) float64: how many output pixels each frame pixel becomes under nearest
+        resizing."""
+        rows, columns = self.nearest_counts
+        return (rows[:, None] * columns).view(-1).double()
 
     def output_nearest(self, grid: Tensor) -> Tensor:
         """Nearest-neighbour resize of (..., frame height, frame width) to the output size."""
@@ -921,18 +928,17 @@ def _instance_image(
     # entries of one query share its mask, so a query paints with the rank of its last kept entry.
     rank = torch.zeros(len(queries), device=device)
     rank.scatter_reduce_(0, kept_query, torch.arange(1, kept.numel() + 1, device=device, dtype=rank.dtype), "amax")
-    painted = binary.mul_(rank.view(-1, 1, 1)).amax(0).to(torch.int32) - 1  # (frame); int32 until the end: fewer bytes
-    segmentation = plan.output_nearest(painted)  # (H, W), -1 where no instance
-    # Keep an instance if enough of its own (output-size) mask is still visible.
-    visible = torch.bincount(segmentation.flatten() + 1, minlength=kept.numel() + 1)[1:]
-    survives = visible.double() >= overlap_mask_area_threshold * own.double()
+    painted = binary.mul_(rank.view(-1, 1, 1)).amax(0).to(torch.int32)  # (frame): 1 + the instance on top, 0: none
+    # Keep an instance if enough of its own (output-size) mask is still visible: its frame pixels counted with the
+    # output pixels each becomes.
+    visible = torch.bincount(painted.view(-1), weights=plan.nearest_areas, minlength=kept.numel() + 1)[1:]
+    survives = visible >= overlap_mask_area_threshold * own.double()
+    ids = torch.arange(-1, kept.numel(), device=device)  # segment id of each painted value
     if not bool(survives.all()):
-        new_ids = torch.where(survives, survives.long().cumsum(0) - 1, -1)
-        segmentation = _take(torch.cat([new_ids.new_full((1,), -1), new_ids]), segmentation + 1)
+        ids[1:] = torch.where(survives, survives.long().cumsum(0) - 1, -1)
         labels, scores = labels[survives], scores[survives]
         instance_masks = None if instance_masks is None else instance_masks[survives]
-
-    segmentation = segmentation.long()
+    segmentation = plan.output_nearest(_take(ids, painted))  # (H, W), -1 where no instance
     segments_info = [
         {"id": index, "label_id": label, "was_fused": False, "score": round(score, 6)}
         for index, (label, score) in enumerate(zip(labels.tolist(), scores.tolist()))
