@@ -295,14 +295,17 @@ def _rectangle_pixels(
     return rectangle, _take(first_rows, rectangle) + within_rows, _take(first_columns, rectangle) + within_columns
 
 
-def _pixels_of_cells(cell_y: Tensor, cell_x: Tensor, taps_y: _Taps, taps_x: _Taps, size: Size) -> tuple[Tensor, Tensor]:
+def _pixels_of_cells(
+    cell_y: Tensor, cell_x: Tensor, taps_y: _Taps, taps_x: _Taps, size: Size, limit: float
+) -> tuple[Tensor, Tensor] | None:
     """The output pixels (ys, xs) whose taps start at the cells (cell_y, cell_x) (m,) of a grid of ``size``: per
-    cell a rectangle (``index0`` never decreases), cell after cell."""
+    cell a rectangle (``index0`` never decreases), cell after cell; None when they are more than ``limit``."""
     counts_y, starts_y = _runs(taps_y.index0, size[0])
     counts_x, starts_x = _runs(taps_x.index0, size[1])
-    _, ys, xs = _rectangle_pixels(
-        _take(starts_y, cell_y), _take(counts_y, cell_y), _take(starts_x, cell_x), _take(counts_x, cell_x)
-    )
+    rows, columns = _take(counts_y, cell_y), _take(counts_x, cell_x)
+    if int((rows * columns).sum()) > limit:
+        return None
+    _, ys, xs = _rectangle_pixels(_take(starts_y, cell_y), rows, _take(starts_x, cell_x), columns)
     return ys, xs
 
 
@@ -404,12 +407,12 @@ def _count_in_cells(inside: Tensor, plan: _Plan) -> Tensor:
     An output row reads the cell rows from its first to its last (``plan.output_cells``), likewise for columns; rows
     that read d + 1 cell rows are counted against ``inside`` extended over d more rows (a minimum of 0/1 floats: a
     logical and). Per row span, the columns are weighted by how many output columns read each block of cell columns
-    and the rows by how many output rows read each block of cell rows: products of 0/1 floats and counts, exact in
-    float32 (at most H x W).
+    (float32 sums of at most W per row: exact), then the rows by how many output rows read each block of cell rows
+    (float64: exact at any output size).
     """
     channels, height, width = inside.shape
     (row_counts, _), (column_counts, _) = plan.cell_blocks
-    row_weights, column_weights = row_counts.float(), column_counts.float()
+    row_weights, column_weights = row_counts.double(), column_counts.float()
     total = None
     over_rows = inside.float()  # (C, h, w); no copy when it is float already
     for row_span in range(len(row_counts)):
@@ -421,7 +424,7 @@ def _count_in_cells(inside: Tensor, plan: _Plan) -> Tensor:
                 over_both = _extend(over_both, -1, torch.minimum)
             counted = over_both.view(-1, width) @ column_weights[column_span]  # (C*h,)
             per_row = counted if per_row is None else per_row.add_(counted)
-        counted = per_row.view(channels, height) @ row_weights[row_span]  # (C,)
+        counted = per_row.view(channels, height).double() @ row_weights[row_span]  # (C,)
         total = counted if total is None else total.add_(counted)
     return total.round().long()
 
@@ -431,9 +434,11 @@ def _frame_labels(best: Tensor, decided: Tensor, plan: _Plan, exact_argmax: Any)
     ``exact_argmax(flat)`` (n,) at the frame pixels of the other cells; None when those are too many."""
     height, width = plan.cells
     cell_y, cell_x = _divmod((~decided).nonzero().squeeze(1), width)  # the undecided cells
-    ys, xs = _pixels_of_cells(cell_y, cell_x, plan.frame_y, plan.frame_x, plan.cells)  # their frame pixels
-    if ys.numel() > _SPARSE_LIMIT * plan.frame[0] * plan.frame[1]:
+    limit = _SPARSE_LIMIT * plan.frame[0] * plan.frame[1]
+    pixels = _pixels_of_cells(cell_y, cell_x, plan.frame_y, plan.frame_x, plan.cells, limit)  # their frame pixels
+    if pixels is None:
         return None
+    ys, xs = pixels
     # int32 label maps: the gathers and comparisons over the frame and the output move half the bytes of int64.
     cells = torch.where(decided, best.to(torch.int32), -1).view(height, width)
     labels = _take_grid(cells, plan.frame_y.index0, plan.frame_x.index0)  # (frame), -1 in the undecided cells
@@ -528,9 +533,11 @@ def _resize_labels(
     """
     width = labels.shape[1]
     cell_y, cell_x = (~_cell_agree(labels)).nonzero(as_tuple=True)
-    ys, xs = _pixels_of_cells(cell_y, cell_x, taps_y, taps_x, labels.shape)  # the output pixels reading them
-    if ys.numel() > _SPARSE_LIMIT * len(taps_y.index0) * len(taps_x.index0):
+    limit = _SPARSE_LIMIT * len(taps_y.index0) * len(taps_x.index0)
+    pixels = _pixels_of_cells(cell_y, cell_x, taps_y, taps_x, labels.shape, limit)  # the output pixels reading them
+    if pixels is None:
         return None
+    ys, xs = pixels
     best = ys
     if ys.numel():
         interpolated = _interpolate_at(values_at, width, taps_y, taps_x, ys, xs)  # (n, C)
@@ -1091,7 +1098,8 @@ class _WeightedMasks:
     def _own_areas_on_box(self, queries: Tensor, threshold: float, box: Any) -> Tensor:
         """The exact own areas (n,) of ``queries``, evaluated densely on ``box`` (:meth:`_box`)."""
         (frame_y, output_y), (frame_x, output_x) = box
-        probs = _resize_separable(self.mask_logits.index_select(0, queries), frame_y, frame_x).sigmoid_()  # (n, frame box)
+        logits = self.mask_logits.index_select(0, queries)
+        probs = _resize_separable(logits, frame_y, frame_x).sigmoid_()  # (n, frame box)
         if output_y is not None:
             probs = _resize_separable(probs, output_y, output_x)  # (n, output box)
         return (probs.mul_(self.scores[queries, None, None]) >= threshold).flatten(1).sum(1)
