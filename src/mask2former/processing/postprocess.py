@@ -496,12 +496,10 @@ class _ResizedLabels(NamedTuple):
     taps_y: _Taps
     taps_x: _Taps
 
-    def map(self, values: Tensor | None = None) -> Tensor:
-        """The output map (H, W) of the labels (their dtype), or of ``values[label]``."""
-        grid = self.labels if values is None else _take(values, self.labels)
-        resized = _take_grid(grid, self.taps_y.index0, self.taps_x.index0)
-        open_values = self.open_labels if values is None else _take(values, self.open_labels)
-        resized[self.open_y, self.open_x] = open_values.to(resized.dtype)
+    def map(self, values: Tensor) -> Tensor:
+        """The output map (H, W) of ``values[label]`` (values' dtype)."""
+        resized = _take_grid(_take(values, self.labels), self.taps_y.index0, self.taps_x.index0)
+        resized[self.open_y, self.open_x] = _take(values, self.open_labels)
         return resized
 
     def counts(self, minlength: int) -> Tensor:
