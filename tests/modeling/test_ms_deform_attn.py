@@ -151,3 +151,17 @@ def test_locations_across_the_map_borders_match_grid_sample():
         gradients.append([output.detach()] + [leaf.grad for leaf in leaves])
     for reference, fast, name in zip(*gradients, ("output", "value", "locations", "weights")):
         torch.testing.assert_close(fast, reference, atol=1e-8, rtol=1e-6, msg=name)
+
+
+def test_short_softmax_matches_softmax_in_values_and_gradients():
+    from mask2former.modeling.ms_deform_attn import _ShortSoftmax
+
+    logits = (10 * torch.randn(7, 5, 12, dtype=torch.float64)).requires_grad_()
+    torch.testing.assert_close(_ShortSoftmax.apply(logits), logits.softmax(-1), atol=1e-12, rtol=0)
+    grad = torch.randn(7, 5, 12, dtype=torch.float64)
+    torch.testing.assert_close(
+        torch.autograd.grad(_ShortSoftmax.apply(logits), logits, grad)[0],
+        torch.autograd.grad(logits.softmax(-1), logits, grad)[0],
+        atol=1e-12, rtol=0,
+    )
+    assert torch.autograd.gradcheck(_ShortSoftmax.apply, (logits,))

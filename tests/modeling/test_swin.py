@@ -338,3 +338,33 @@ def test_training_attention_is_the_fused_kernels_reference_path_to_the_bit(shift
         assert torch.equal(mine, theirs)
     with torch.no_grad():  # inference takes the fused kernel itself: the same values up to its rounding
         torch.testing.assert_close(attention(x, 4, mask), ours, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("height", "width", "window", "shift"), [(10, 13, 7, 3), (14, 14, 7, 3), (14, 7, 7, 0), (3, 5, 4, 2)])
+def test_window_gather_is_pad_roll_partition_to_the_bit(height, width, window, shift):
+    """Tokens move into and out of windows as one gather each way; values and gradients must be those of the
+    original's zero padding, cyclic shift and partition (and of their inverses and the crop)."""
+    import torch.nn.functional as F
+
+    from mask2former.modeling.backbones.swin import _from_windows, _to_windows, _window_partition
+
+    torch.manual_seed(3)
+    x = torch.randn(2, height, width, 5, requires_grad=True)
+    padded_h, padded_w = -(-height // window) * window, -(-width // window) * window
+
+    def reference_to(x):
+        y = F.pad(x, (0, 0, 0, padded_w - width, 0, padded_h - height))
+        return _window_partition(torch.roll(y, shifts=(-shift, -shift), dims=(1, 2)), window)
+
+    def reference_from(windows):
+        y = windows.view(2, padded_h // window, padded_w // window, window, window, -1)
+        y = y.permute(0, 1, 3, 2, 4, 5).reshape(2, padded_h, padded_w, -1)
+        return torch.roll(y, shifts=(shift, shift), dims=(1, 2))[:, :height, :width]
+
+    ours, reference = _to_windows(x, window, shift), reference_to(x)
+    assert torch.equal(ours, reference)
+    scale = torch.randn_like(ours)  # a different weight per slot, so that every slot's gradient path is checked
+    back, reference_back = _from_windows(ours * scale, window, shift, 2, height, width), reference_from(reference * scale)
+    assert torch.equal(back, reference_back)
+    grad = torch.randn_like(back)
+    assert torch.equal(torch.autograd.grad(back, x, grad)[0], torch.autograd.grad(reference_back, x, grad)[0])

@@ -47,17 +47,23 @@ def sample_maps_at_points(maps: Tensor, points: Tensor) -> Tensor:
         (C, P), a transposed view.
     """
     channels, height, width = maps.shape
-    sizes = torch.tensor([width, height], device=points.device, dtype=maps.dtype)
-    pixel = points.to(maps.dtype) * sizes - 0.5  # (P, 2) pixel coordinates, as grid_sample(align_corners=False)
-    low = pixel.floor()
-    high_weight = pixel - low
-    corners = torch.stack((low, low + 1), 1)  # (P, 2 neighbours, 2 axes)
-    weights = torch.stack((1 - high_weight, high_weight), 1) * ((corners >= 0) & (corners <= sizes - 1))
-    index = torch.minimum(corners.clamp(min=0), sizes - 1).long()
-    rows = index[:, :, None, 1] * width + index[:, None, :, 0]  # (P, 2 y, 2 x): y * W + x
-    tap_weights = weights[:, :, None, 1] * weights[:, None, :, 0]  # (P, 2, 2)
+    # Per axis on (P,) columns: on (P, 2) or (P, 2, 2) tensors the broadcasts over tiny inner dims cost more than
+    # the gather itself.
+    x = points[:, 0].to(maps.dtype) * width - 0.5  # (P,) pixel coordinates, as grid_sample(align_corners=False)
+    y = points[:, 1].to(maps.dtype) * height - 0.5
+    x_low, y_low = x.floor(), y.floor()
+    x_high_weight, y_high_weight = x - x_low, y - y_low
+    # Bilinear weights, zero for a neighbour outside the map (zero padding).
+    x_weights = ((1 - x_high_weight) * ((x_low >= 0) & (x_low <= width - 1)),
+                 x_high_weight * ((x_low >= -1) & (x_low <= width - 2)))  # fmt: skip
+    y_weights = ((1 - y_high_weight) * ((y_low >= 0) & (y_low <= height - 1)),
+                 y_high_weight * ((y_low >= -1) & (y_low <= height - 2)))  # fmt: skip
+    x_index = (x_low.clamp(0, width - 1).long(), (x_low + 1).clamp(0, width - 1).long())
+    y_offset = ((y_low.clamp(0, height - 1) * width).long(), ((y_low + 1).clamp(0, height - 1) * width).long())
+    rows = torch.stack([y_offset[i] + x_index[j] for i in (0, 1) for j in (0, 1)], 1)  # (P, 4): y * W + x
+    tap_weights = torch.stack([y_weights[i] * x_weights[j] for i in (0, 1) for j in (0, 1)], 1)  # (P, 4)
     table = maps.reshape(channels, height * width).T.contiguous()  # (H * W, C)
-    return F.embedding_bag(rows.flatten(1), table, per_sample_weights=tap_weights.flatten(1), mode="sum").T
+    return F.embedding_bag(rows, table, per_sample_weights=tap_weights, mode="sum").T
 
 
 def uncertainty(mask_logits: Tensor) -> Tensor:

@@ -11,9 +11,11 @@ Internally tokens are kept channels-last, ``(B, H, W, C)``, from the patch embed
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -56,11 +58,78 @@ def _window_partition(x: Tensor, window: int) -> Tensor:
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, c)  # (B*nW, N, C)
 
 
-def _window_merge(windows: Tensor, window: int, batch: int, height: int, width: int) -> Tensor:
-    """Inverse of :func:`_window_partition`: ``(B * nW, window * window, C)`` -> ``(B, H, W, C)``."""
+class _WindowTokens(NamedTuple):
+    """Where each token of a ``(H, W)`` map goes in its (shifted, padded) windows, for :class:`_Rearrange`.
+
+    Attributes:
+        sources: ``(nW * N,)`` for each window slot (windows row-major, batch excluded), the map token it holds; a
+            padding slot holds token 0 and is listed in ``padding``.
+        slots: ``(H * W,)`` for each map token, its window slot (the inverse of ``sources`` on the real tokens).
+        padding: ``(n_pad,)`` the padding slots.
+    """
+
+    sources: Tensor
+    slots: Tensor
+    padding: Tensor
+
+
+@functools.lru_cache(maxsize=64)
+def _window_tokens(height: int, width: int, window: int, shift: int, device: torch.device) -> _WindowTokens:
+    """The window layout of a ``height x width`` map zero-padded at the bottom/right to multiples of ``window`` and
+    cyclically shifted by ``-shift`` on both axes (the original's pad, roll and partition, as one index)."""
+    padded_h, padded_w = -(-height // window) * window, -(-width // window) * window
+    rows = torch.arange(padded_h, device=device).roll(-shift)  # padded row held at each shifted row
+    cols = torch.arange(padded_w, device=device).roll(-shift)
+    grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), -1)  # (Hp, Wp, 2) padded (row, col) per position
+    grid = _window_partition(grid[None], window).reshape(-1, 2)  # (nW * N, 2) per window slot
+    real = (grid[:, 0] < height) & (grid[:, 1] < width)
+    sources = torch.where(real, grid[:, 0] * width + grid[:, 1], 0)
+    slots = torch.empty(height * width, dtype=torch.int64, device=device)
+    real_slots = real.nonzero().squeeze(1)
+    slots[sources[real_slots]] = real_slots
+    return _WindowTokens(sources, slots, (~real).nonzero().squeeze(1))
+
+
+class _Rearrange(torch.autograd.Function):
+    """``x.index_select(1, index)`` with ``zero`` positions of the result zeroed, for a permutation-like index whose
+    gradient is again a gather (``grad.index_select(1, inverse)``, ``inverse_zero`` zeroed), not ``index_add``.
+
+    Moving tokens into and out of windows this way is one pass over the map each way; padding, rolling and the
+    6-D permute copies were 10-20x slower on the CPU, forward and backward.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, index: Tensor, inverse: Tensor, zero: Tensor | None,
+                inverse_zero: Tensor | None) -> Tensor:  # fmt: skip
+        ctx.backward_index = (inverse, inverse_zero)
+        out = x.index_select(1, index)
+        return out.index_fill_(1, zero, 0) if zero is not None and len(zero) else out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        inverse, inverse_zero = ctx.backward_index
+        grad = grad.index_select(1, inverse)
+        if inverse_zero is not None and len(inverse_zero):
+            grad.index_fill_(1, inverse_zero, 0)
+        return grad, None, None, None, None
+
+
+def _to_windows(x: Tensor, window: int, shift: int) -> Tensor:
+    """``(B, H, W, C)`` -> ``(B * nW, window * window, C)`` window tokens of the map zero-padded at the bottom/right
+    to multiples of ``window`` and rolled by ``-shift`` (as :func:`_window_partition` after padding and rolling)."""
+    b, h, w, c = x.shape
+    layout = _window_tokens(h, w, window, shift, x.device)
+    tokens = _Rearrange.apply(x.reshape(b, h * w, c), layout.sources, layout.slots, layout.padding, None)
+    return tokens.view(-1, window * window, c)
+
+
+def _from_windows(windows: Tensor, window: int, shift: int, batch: int, height: int, width: int) -> Tensor:
+    """Inverse of :func:`_to_windows`: ``(B * nW, window * window, C)`` -> ``(B, H, W, C)`` (padding dropped)."""
     c = windows.shape[-1]
-    x = windows.view(batch, height // window, width // window, window, window, c)  # (B, Hw, Ww, w, w, C)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(batch, height, width, c)  # (B, H, W, C)
+    layout = _window_tokens(height, width, window, shift, windows.device)
+    tokens = _Rearrange.apply(windows.reshape(batch, -1, c), layout.slots, layout.sources, None, layout.padding)
+    return tokens.view(batch, height, width, c)
 
 
 def _shift_mask(height: int, width: int, window: int, shift: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -253,15 +322,8 @@ class _SwinBlock(nn.Module):
             ``(B, H, W, C)``.
         """
         b, h, w, _ = x.shape
-        y = _pad_bottom_right(self.norm1(x), window)  # (B, Hp, Wp, C); padding comes after the norm
-        hp, wp = y.shape[1], y.shape[2]
-        if shift > 0:
-            y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))  # (B, Hp, Wp, C)
-        y = self.attn(_window_partition(y, window), window, mask)  # (B*nW, N, C)
-        y = _window_merge(y, window, b, hp, wp)  # (B, Hp, Wp, C)
-        if shift > 0:
-            y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))  # (B, Hp, Wp, C)
-        y = y[:, :h, :w, :]  # (B, H, W, C)
+        y = _to_windows(self.norm1(x), window, shift)  # (B*nW, N, C); padding comes after the norm
+        y = _from_windows(self.attn(y, window, mask), window, shift, b, h, w)  # (B, H, W, C)
         x = x + self.drop_path(y)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
