@@ -165,3 +165,28 @@ def test_short_softmax_matches_softmax_in_values_and_gradients():
         atol=1e-12, rtol=0,
     )
     assert torch.autograd.gradcheck(_ShortSoftmax.apply, (logits,))
+
+
+def test_training_path_matches_inference_path_in_values_and_gradients():
+    """In training both query projections run as one product and the softmax is written out; inference keeps the
+    separate products and PyTorch's softmax. Values and gradients must agree."""
+    torch.manual_seed(5)
+    module = MultiScaleDeformableAttention(embed_dim=32, num_heads=4, num_levels=3, num_points=4).double()
+    with torch.no_grad():  # non-trivial offsets and weights
+        for linear in (module.sampling_offsets, module.attention_weights):
+            linear.weight.normal_(0, 0.2)
+    value = torch.randn(2, sum(h * w for h, w in SHAPES), 32, dtype=torch.float64)
+    query = torch.randn(2, 11, 32, dtype=torch.float64, requires_grad=True)
+    reference_points = torch.rand(2, 11, 3, 2, dtype=torch.float64)
+    checked = [query, module.sampling_offsets.weight, module.sampling_offsets.bias, module.value_proj.weight]
+
+    fused = module(query, reference_points, value, SHAPES)
+    grad = torch.randn_like(fused)
+    fused_grads = torch.autograd.grad(fused, checked, grad)
+    module.attention_weights.weight.requires_grad_(False)  # -> the separate (inference) path, still differentiable
+    separate = module(query, reference_points, value, SHAPES)
+    torch.testing.assert_close(fused, separate, atol=1e-12, rtol=0)
+    for ours, theirs in zip(fused_grads, torch.autograd.grad(separate, checked, grad)):
+        torch.testing.assert_close(ours, theirs, atol=1e-10, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(module(query, reference_points, value, SHAPES), separate, atol=1e-12, rtol=0)

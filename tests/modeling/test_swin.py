@@ -287,6 +287,22 @@ def test_drop_path_identity_in_eval_random_in_train():
     assert any((x - y).abs().max() > 1e-3 for x, y in zip(first, expected))
 
 
+def test_drop_path_residual_is_the_sum_with_the_dropped_branch():
+    from mask2former.modeling.backbones.swin import _DropPath
+
+    drop = _DropPath(0.5).train()
+    x, branch = torch.randn(6, 3, 4, 5, requires_grad=True), torch.randn(6, 3, 4, 5, requires_grad=True)
+    torch.manual_seed(4)
+    fused = drop.residual(x, branch)
+    torch.manual_seed(4)
+    reference = x + drop(branch)
+    torch.testing.assert_close(fused, reference, atol=1e-6, rtol=0)
+    grad = torch.randn_like(fused)
+    for ours, theirs in zip(torch.autograd.grad(fused, [x, branch], grad), torch.autograd.grad(reference, [x, branch], grad)):
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+    assert torch.equal(drop.eval().residual(x, branch), x + branch)
+
+
 def test_bf16_autocast_runs():
     torch.manual_seed(12)
     model = SwinBackbone(**TINY, shrink_window_to_fit=False).eval()
@@ -346,7 +362,11 @@ def test_window_gather_is_pad_roll_partition_to_the_bit(height, width, window, s
     original's zero padding, cyclic shift and partition (and of their inverses and the crop)."""
     import torch.nn.functional as F
 
-    from mask2former.modeling.backbones.swin import _from_windows, _to_windows, _window_partition
+    from mask2former.modeling.backbones.swin import (
+        _from_windows,
+        _to_windows,
+        _window_partition,
+    )
 
     torch.manual_seed(3)
     x = torch.randn(2, height, width, 5, requires_grad=True)

@@ -433,19 +433,23 @@ class MultiScaleDeformableAttention(nn.Module):
             value = value.masked_fill(value_padding_mask[..., None], 0.0)
         value = value.view(batch_size, value.shape[1], self.num_heads, -1)  # (B, S, M, D)
         location_shape = (batch_size, num_queries, self.num_heads, self.num_levels, self.num_points, 2)
-        weights = self.attention_weights(query).view(
-            batch_size, num_queries, self.num_heads, self.num_levels * self.num_points
-        )
-        if torch.is_grad_enabled() and weights.requires_grad:
-            weights = _ShortSoftmax.apply(weights)
-        else:  # inference keeps PyTorch's kernel, whose rounding is transformers'
-            weights = weights.softmax(-1)
+        training = torch.is_grad_enabled() and self.attention_weights.weight.requires_grad
+        if training:  # both projections of the queries as one product (and one in the backward)
+            offsets, weights = F.linear(
+                query,
+                torch.cat([self.sampling_offsets.weight, self.attention_weights.weight]),
+                torch.cat([self.sampling_offsets.bias, self.attention_weights.bias]),
+            ).split([self.sampling_offsets.out_features, self.attention_weights.out_features], -1)
+        else:  # inference keeps the separate products and PyTorch's softmax, whose rounding is transformers'
+            offsets, weights = self.sampling_offsets(query), self.attention_weights(query)
+        weights = weights.view(batch_size, num_queries, self.num_heads, self.num_levels * self.num_points)
+        weights = _ShortSoftmax.apply(weights) if training else weights.softmax(-1)
         weights = weights.view(location_shape[:-1])  # (B, Q, M, L, P)
         # Offsets are in pixels of each level: divided by (W_l, H_l) they are in [0, 1] coordinates. Both operands laid
         # out flat (B, Q, M*L*P*2): broadcasting over the small trailing dimensions is several times slower.
         sizes = _level_vector(spatial_shapes, self.num_points, lambda h, w: (w, h), query.device, query.dtype)
         reference = reference_points[:, :, None, :, None, :].expand(location_shape).reshape(batch_size, num_queries, -1)
-        locations = torch.addcdiv(reference, self.sampling_offsets(query), sizes.repeat(self.num_heads))
+        locations = torch.addcdiv(reference, offsets, sizes.repeat(self.num_heads))
         locations = locations.view(location_shape)  # (B, Q, M, L, P, 2)
         output = IMPLEMENTATIONS[self.implementation](value, spatial_shapes, locations, weights)
         return self.output_proj(output)

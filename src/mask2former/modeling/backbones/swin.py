@@ -173,10 +173,19 @@ class _DropPath(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.drop_prob == 0.0:
             return x
+        return x * self._keep(x)
+
+    def residual(self, x: Tensor, branch: Tensor) -> Tensor:
+        """``x + self(branch)``, as one ``addcmul`` in training (one pass over the map less, forward and backward)."""
+        if not self.training or self.drop_prob == 0.0:
+            return x + branch
+        return torch.addcmul(x, branch, self._keep(branch))
+
+    def _keep(self, x: Tensor) -> Tensor:
+        """(B, 1, ..., 1): 0 for a dropped sample, 1 / keep probability for a kept one."""
         keep_prob = 1.0 - self.drop_prob
-        keep = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device, dtype=x.dtype)  # (B, 1, ..., 1)
-        keep = keep.bernoulli_(keep_prob) / keep_prob
-        return x * keep
+        keep = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device, dtype=x.dtype)
+        return keep.bernoulli_(keep_prob) / keep_prob
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
@@ -324,8 +333,8 @@ class _SwinBlock(nn.Module):
         b, h, w, _ = x.shape
         y = _to_windows(self.norm1(x), window, shift)  # (B*nW, N, C); padding comes after the norm
         y = _from_windows(self.attn(y, window, mask), window, shift, b, h, w)  # (B, H, W, C)
-        x = x + self.drop_path(y)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = self.drop_path.residual(x, y)
+        return self.drop_path.residual(x, self.mlp(self.norm2(x)))
 
 
 class _PatchMerging(nn.Module):
