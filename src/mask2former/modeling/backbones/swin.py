@@ -94,8 +94,9 @@ class _Rearrange(torch.autograd.Function):
     """``x.index_select(1, index)`` with ``zero`` positions of the result zeroed, for a permutation-like index whose
     gradient is again a gather (``grad.index_select(1, inverse)``, ``inverse_zero`` zeroed), not ``index_add``.
 
-    Moving tokens into and out of windows this way is one pass over the map each way; padding, rolling and the
-    6-D permute copies were 10-20x slower on the CPU, forward and backward.
+    Moving tokens into and out of windows this way is one pass over the map each way; the padding, the roll (two
+    ``cat``s per axis on the CPU), the 6-D permute copies and their inverses took 3-4x longer, forward and backward
+    (stage-1 shifted block, microbenchmark).
     """
 
     @staticmethod
